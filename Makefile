@@ -1,0 +1,45 @@
+# dpsd: see README.md. Every target installs what it needs (as root).
+SHELL    := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+GO       ?= go
+MODULE   := github.com/dpsd-project/dpsd
+VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+LDFLAGS  := -s -w -X $(MODULE)/daemon/version.Version=$(VERSION) \
+            -X $(MODULE)/daemon/version.Commit=$(COMMIT) \
+            -X $(MODULE)/daemon/version.BuildUnix=$(SOURCE_DATE_EPOCH)
+BIN      := bin
+
+export SOURCE_DATE_EPOCH
+
+.PHONY: all build cross test test-deps lint demo deb bench fuzz clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/dpsd ./cmd/dpsd
+	$(GO) build -trimpath -o $(BIN)/dpsemu ./cmd/dpsemu
+
+# The shipped daemon must cross-compile without cgo.
+cross:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/dpsd ./cmd/dpsd
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/dpsd ./cmd/dpsd
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-armhf/dpsd ./cmd/dpsd
+
+test-deps:
+	scripts/install-deps.sh test
+
+# Everything: unit, simulator, swtpm, emulator and end-to-end tests.
+test: test-deps cross
+	CGO_ENABLED=1 $(GO) vet ./...
+	@mkdir -p $(BIN)
+	CGO_ENABLED=1 $(GO) test -v -count=1 -timeout 30m ./... 2>&1 | tee $(BIN)/test.log | grep -E '^(---|===|ok|FAIL|PASS|panic)' | grep -v '^=== (RUN|PAUSE|CONT|NAME)'
+	@scripts/test-summary.sh $(BIN)/test.log
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	CGO_ENABLED=1 $(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) dist

@@ -1,0 +1,132 @@
+// Package apitype holds the wire types of the status socket. The daemon's
+// handlers, the Go client and every `--json` output use these same types, so
+// that the human views are rendered from exactly what the API returns.
+//
+// It imports nothing but the standard library. Fields may be added; none are
+// renamed (scripts on devices parse them).
+package apitype
+
+import "time"
+
+// State is the daemon's provisioning phase.
+type State string
+
+// The phases, in the order a first boot walks through them, then the
+// resting states.
+const (
+	StateStarting        State = "starting"
+	StateWaitingForTPM   State = "waiting-for-tpm"
+	StateWaitingForTime  State = "waiting-for-time"
+	StateTakingOwnership State = "taking-ownership"
+	StateRegistering     State = "registering"
+	StateAssigning       State = "assigning"
+	StateProvisioned     State = "provisioned"
+	// StateFailed: the last attempt failed; the daemon retries at NextAttemptAt.
+	StateFailed State = "failed"
+	// StateDisabled: DPS says the enrollment is disabled; retried slowly.
+	StateDisabled State = "disabled"
+)
+
+// Reason says why the current (or last) provisioning happened.
+type Reason string
+
+// The reasons for a (re)provisioning.
+const (
+	ReasonFirstBoot     Reason = "first-boot"
+	ReasonTPMCleared    Reason = "tpm-cleared"
+	ReasonHubRejected   Reason = "hub-rejected"
+	ReasonConfigChanged Reason = "config-changed"
+	ReasonRequested     Reason = "requested"
+)
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	State          State      `json:"state"`
+	Reason         Reason     `json:"reason,omitempty"`
+	RegistrationID string     `json:"registrationId,omitempty"`
+	IDScope        string     `json:"idScope,omitempty"`
+	AssignedHub    string     `json:"assignedHub,omitempty"`
+	DeviceID       string     `json:"deviceId,omitempty"`
+	ProvisionedAt  *time.Time `json:"provisionedAt"`
+	Attempts       int        `json:"attempts"`
+	NextAttemptAt  *time.Time `json:"nextAttemptAt"`
+	LastError      *string    `json:"lastError"`
+	TPM            TPMStatus  `json:"tpm"`
+	Hub            HubStatus  `json:"hub"`
+	Version        string     `json:"version"`
+}
+
+// TPMStatus is what the daemon knows of its TPM.
+type TPMStatus struct {
+	Device string `json:"device"`
+	// EKDigest is hex SHA-256 of the EK's marshalled TPM2B_PUBLIC.
+	EKDigest string `json:"ekDigest,omitempty"`
+	// SRKName is the hex TPM Name of the SRK (nameAlg || digest).
+	SRKName      string `json:"srkName,omitempty"`
+	OwnerAuthSet bool   `json:"ownerAuthSet"`
+	InLockout    bool   `json:"inLockout"`
+	// Commands is the number of TPM commands the daemon has sent since start.
+	Commands int `json:"commands"`
+}
+
+// HubStatus is the result of the last check of the credential against the
+// assigned IoT Hub.
+type HubStatus struct {
+	CheckedAt *time.Time `json:"checkedAt"`
+	// Result is "ok", "rejected", "unreachable" or empty (never checked).
+	Result string `json:"result,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// Connected is true while a stay_connected session is up.
+	Connected bool `json:"connected,omitempty"`
+}
+
+// EnrollInfo is the body of GET /v1/enroll-info: what an operator types into
+// a DPS individual enrollment.
+type EnrollInfo struct {
+	// RegistrationID is the configured or EK-derived registration ID.
+	RegistrationID string `json:"registrationId"`
+	// EndorsementKey is the standard base64 of the EK's marshalled
+	// TPM2B_PUBLIC (with its size prefix), exactly as DPS stores it.
+	EndorsementKey string `json:"endorsementKey"`
+	// EKCertificate is the PEM of the EK certificate from NV, if the TPM has one.
+	EKCertificate string `json:"ekCertificate,omitempty"`
+}
+
+// CheckStatus is the outcome of one diagnostic.
+type CheckStatus string
+
+// Outcomes of a check.
+const (
+	CheckPass CheckStatus = "pass"
+	CheckWarn CheckStatus = "warn"
+	CheckFail CheckStatus = "fail"
+)
+
+// Check is one named diagnostic with a one-line fix when it does not pass.
+type Check struct {
+	Name   string      `json:"name"`
+	Status CheckStatus `json:"status"`
+	Detail string      `json:"detail,omitempty"`
+	Fix    string      `json:"fix,omitempty"`
+}
+
+// CheckReport is the body of GET /v1/check.
+type CheckReport struct {
+	Checks []Check `json:"checks"`
+}
+
+// Token is the body of POST /v1/token.
+type Token struct {
+	// SAS is the complete "SharedAccessSignature sr=…&sig=…&se=…" string.
+	SAS       string    `json:"sas"`
+	Hub       string    `json:"hub"`
+	DeviceID  string    `json:"deviceId"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// Error is the body of every non-2xx answer of the status API.
+type Error struct {
+	Error string `json:"error"`
+	// Fix says what the caller can do about it, when there is something.
+	Fix string `json:"fix,omitempty"`
+}

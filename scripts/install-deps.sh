@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the given tool sets need, only when missing.
+#   scripts/install-deps.sh test      swtpm, tpm2-tools, libssl-dev, gcc (TPM tests)
+#   scripts/install-deps.sh deb       lintian, debootstrap (package tests)
+# Runs apt-get as root (CI and the dev machines are root); otherwise says what
+# to install.
+set -euo pipefail
+
+want=()
+need() { # need COMMAND-OR-FILE PACKAGE
+	if [[ $1 == /* ]]; then [[ -e $1 ]] || want+=("$2"); else command -v "$1" >/dev/null 2>&1 || want+=("$2"); fi
+}
+
+for set in "${@:-test}"; do
+	case $set in
+	test)
+		need swtpm swtpm
+		need swtpm_setup swtpm-tools
+		need tpm2_clear tpm2-tools
+		need /usr/include/openssl/evp.h libssl-dev
+		need gcc gcc
+		need systemd-analyze systemd
+		;;
+	deb)
+		need lintian lintian
+		need debootstrap debootstrap
+		need dpkg-deb dpkg
+		;;
+	*) echo "install-deps: unknown set $set" >&2; exit 2 ;;
+	esac
+done
+
+((${#want[@]} == 0)) && exit 0
+mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
+if ((EUID != 0)); then
+	echo "install-deps: missing ${want[*]}; run: sudo apt-get install -y ${want[*]}" >&2
+	exit 1
+fi
+echo "install-deps: installing ${want[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y --no-install-recommends "${want[@]}" >/dev/null ||
+	{ apt-get update >/dev/null && apt-get install -y --no-install-recommends "${want[@]}" >/dev/null; }
