@@ -20,6 +20,7 @@ for set in "${@:-test}"; do
 		need /usr/include/openssl/evp.h libssl-dev
 		need gcc gcc
 		need systemd-analyze systemd
+		need man man-db # systemd-analyze verify looks up Documentation=man: pages
 		;;
 	deb)
 		need lintian lintian
