@@ -15,6 +15,8 @@ export SOURCE_DATE_EPOCH
 
 .PHONY: all build cross test test-deps lint demo deb bench fuzz clean
 
+FUZZTIME ?= 5m
+
 all: build
 
 build:
@@ -40,6 +42,10 @@ test: test-deps cross
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	CGO_ENABLED=1 $(GO) vet ./...
+
+# Every fuzz target for FUZZTIME each; crashes stay as seeds under testdata/fuzz.
+fuzz: test-deps
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 clean:
 	rm -rf $(BIN) dist
