@@ -15,7 +15,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"time"
 )
 
@@ -46,9 +45,9 @@ type Provisioning struct {
 	// RegistrationID (registration_id) is the DPS registration ID; empty
 	// means derived from the EK.
 	RegistrationID string
-	// Payload (payload) is the custom allocation payload, a compacted JSON
-	// object; nil when unset.
-	Payload json.RawMessage
+	// Payload (payload) is the custom allocation payload: a JSON object,
+	// compacted by Load; empty when unset.
+	Payload string
 	// APIVersion (api_version) is the DPS REST api-version query value.
 	APIVersion string
 }
@@ -199,7 +198,7 @@ func (c *Config) ProvisioningFingerprint() string {
 		[]byte(c.Provisioning.IDScope),
 		[]byte(c.Provisioning.RegistrationID),
 		[]byte(c.Provisioning.GlobalEndpoint),
-		c.Provisioning.Payload,
+		[]byte(c.Provisioning.Payload),
 	} {
 		// Length prefixes keep ("ab","c") and ("a","bc") apart.
 		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(field))))

@@ -35,7 +35,7 @@ func TestLoadGood(t *testing.T) {
 		filepath.Join(dropins, "config.d", "10-scope.toml"),
 		filepath.Join(dropins, "config.d", "20-tpm.toml"),
 		filepath.Join(dropins, "config.d", "30-later.toml"))
-	merged.Provisioning.Payload = []byte(`{"modelId":"dtmi:main;1"}`)
+	merged.Provisioning.Payload = `{"modelId":"dtmi:main;1"}`
 	merged.TPM.CheckInterval = 10 * time.Minute // main file, untouched by drop-ins
 	merged.TPM.Device = "mssim:127.0.0.1:2321"  // 30-later.toml beats 20-tpm.toml
 	merged.Token.Allow = []string{"bob"}        // arrays are replaced, not appended
@@ -179,7 +179,7 @@ func TestLoadValues(t *testing.T) {
 		{"endpoint normalised", `provisioning.global_endpoint = "https://DPS.Example:8443/"`,
 			func(c *Config) bool { return c.Provisioning.GlobalEndpoint == "https://dps.example:8443" }},
 		{"payload compacted", "provisioning.payload = '''\n{ \"a\" : [1, 2] }\n'''",
-			func(c *Config) bool { return string(c.Provisioning.Payload) == `{"a":[1,2]}` }},
+			func(c *Config) bool { return c.Provisioning.Payload == `{"a":[1,2]}` }},
 		{"registration id of 128", `provisioning.registration_id = "a` + strings.Repeat("-", 126) + `z"`,
 			func(c *Config) bool { return len(c.Provisioning.RegistrationID) == 128 }},
 		{"shared with owner auth", "tpm.ownership = \"shared\"\ntpm.owner_auth_file = \"/etc/dpsd//owner\"",

@@ -308,19 +308,19 @@ func httpsURL(s string) (string, error) {
 }
 
 // jsonObject checks a payload and returns it compacted; "" means none.
-func jsonObject(s string) (json.RawMessage, error) {
+func jsonObject(s string) (string, error) {
 	if s == "" {
-		return nil, nil
+		return "", nil
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(s), &obj); err != nil || obj == nil {
-		return nil, errors.New("not a JSON object (write e.g. '{\"modelId\": \"dtmi:example:device;1\"}')")
+		return "", errors.New("not a JSON object (write e.g. '{\"modelId\": \"dtmi:example:device;1\"}')")
 	}
 	var b bytes.Buffer
 	if err := json.Compact(&b, []byte(s)); err != nil {
-		return nil, fmt.Errorf("compacting the JSON: %w", err)
+		return "", fmt.Errorf("compacting the JSON: %w", err)
 	}
-	return b.Bytes(), nil
+	return b.String(), nil
 }
 
 // checkDevice checks a TPM device spec: auto | /path | swtpm:PATH |
