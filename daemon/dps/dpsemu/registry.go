@@ -1,0 +1,179 @@
+package dpsemu
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// registryFile is the name of the registry inside the state directory.
+const registryFile = "registry.json"
+
+// registryVersion is bumped when the file's shape changes incompatibly.
+const registryVersion = 1
+
+// Enrollment is an individual TPM enrollment, in the shape of the DPS
+// service API's IndividualEnrollment (the fields the emulator uses).
+type Enrollment struct {
+	RegistrationID     string          `json:"registrationId"`
+	Attestation        Attestation     `json:"attestation"`
+	DeviceID           string          `json:"deviceId,omitempty"`
+	IoTHubHostName     string          `json:"iotHubHostName,omitempty"`
+	ProvisioningStatus string          `json:"provisioningStatus"`
+	InitialTwin        json.RawMessage `json:"initialTwin,omitempty"`
+	// ETag is derived from the fields above, so that putting the same
+	// enrollment again does not count as a change.
+	ETag                   string    `json:"etag,omitempty"`
+	CreatedDateTimeUTC     time.Time `json:"createdDateTimeUtc"`
+	LastUpdatedDateTimeUTC time.Time `json:"lastUpdatedDateTimeUtc"`
+}
+
+// Attestation is the enrollment's attestation mechanism; only "tpm" exists
+// in the emulator.
+type Attestation struct {
+	Type string          `json:"type"`
+	TPM  *TPMAttestation `json:"tpm,omitempty"`
+}
+
+// TPMAttestation holds the enrolled EK: base64 of its marshalled TPM2B_PUBLIC.
+type TPMAttestation struct {
+	EndorsementKey string `json:"endorsementKey"`
+}
+
+// Provisioning statuses of an enrollment.
+const (
+	statusEnabled  = "enabled"
+	statusDisabled = "disabled"
+)
+
+// Registration is the state DPS holds for a registration ID after the
+// device's last completed registration.
+type Registration struct {
+	RegistrationID         string    `json:"registrationId"`
+	Status                 string    `json:"status"`
+	Substatus              string    `json:"substatus,omitempty"`
+	AssignedHub            string    `json:"assignedHub,omitempty"`
+	DeviceID               string    `json:"deviceId,omitempty"`
+	Attempts               int       `json:"attempts"`
+	ErrorCode              int       `json:"errorCode,omitempty"`
+	ErrorMessage           string    `json:"errorMessage,omitempty"`
+	CreatedDateTimeUTC     time.Time `json:"createdDateTimeUtc"`
+	LastUpdatedDateTimeUTC time.Time `json:"lastUpdatedDateTimeUtc"`
+	ETag                   string    `json:"etag,omitempty"`
+	// EnrollmentETag is the enrollment's ETag at the last assignment: while
+	// it is unchanged a re-registration keeps the hub.
+	EnrollmentETag string `json:"enrollmentEtag,omitempty"`
+}
+
+// deviceRecord is a hub identity created by an assignment. Key is the HMAC
+// key delivered in blob #2 (the emulator is a test tool: it keeps its keys
+// in its state directory, mode 0600).
+type deviceRecord struct {
+	Hub            string `json:"hub"`
+	RegistrationID string `json:"registrationId"`
+	Key            []byte `json:"key"`
+	Disabled       bool   `json:"disabled,omitempty"`
+}
+
+// registryData is the registry file. Maps are keyed by lowercase
+// registration ID (DPS treats them case-insensitively) and by device ID.
+type registryData struct {
+	Version       int                      `json:"version"`
+	Enrollments   map[string]*Enrollment   `json:"enrollments"`
+	Registrations map[string]*Registration `json:"registrations"`
+	Devices       map[string]*deviceRecord `json:"devices"`
+}
+
+func newRegistryData() *registryData {
+	return &registryData{
+		Version:       registryVersion,
+		Enrollments:   map[string]*Enrollment{},
+		Registrations: map[string]*Registration{},
+		Devices:       map[string]*deviceRecord{},
+	}
+}
+
+// loadRegistry reads dir/registry.json; a missing file is an empty registry.
+func loadRegistry(dir string) (*registryData, error) {
+	path := filepath.Join(dir, registryFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return newRegistryData(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading registry: %w", err)
+	}
+	d := newRegistryData()
+	if err := json.Unmarshal(b, d); err != nil {
+		return nil, fmt.Errorf("decoding registry %s: %w", path, err)
+	}
+	if d.Version != registryVersion {
+		return nil, fmt.Errorf("registry %s has version %d, this dpsemu reads %d: move it aside to start empty", path, d.Version, registryVersion)
+	}
+	// A section written as null reads back as an empty one.
+	if d.Enrollments == nil {
+		d.Enrollments = map[string]*Enrollment{}
+	}
+	if d.Registrations == nil {
+		d.Registrations = map[string]*Registration{}
+	}
+	if d.Devices == nil {
+		d.Devices = map[string]*deviceRecord{}
+	}
+	return d, nil
+}
+
+// save writes the registry to dir atomically.
+func (d *registryData) save(dir string) error {
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding registry: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(dir, registryFile), append(b, '\n'), 0o600)
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new contents: temp file in the same directory, fsync, rename,
+// fsync of the directory.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("creating temp file for %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("setting mode of %s: %w", tmp, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("renaming %s to %s: %w", tmp, path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
