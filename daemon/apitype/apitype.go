@@ -8,6 +8,11 @@ package apitype
 
 import "time"
 
+// SocketHost is the Host header of every request to the status socket. The
+// server refuses any other Host, so that a request relayed from a browser or
+// a TCP forwarder is not served.
+const SocketHost = "local-dpsd"
+
 // State is the daemon's provisioning phase.
 type State string
 
