@@ -1,0 +1,256 @@
+package tpmdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+)
+
+// Device is one TPM with one owner: every command of every method goes
+// through it one at a time, and is counted and timed by command code.
+// A Device is safe for concurrent use; methods wait for each other.
+type Device struct {
+	path string
+	log  *slog.Logger
+
+	mu   sync.Mutex // held for the length of one method call (an operation)
+	conn connector
+
+	statsMu sync.Mutex
+	stats   Stats
+
+	inputBuffer int // TPM_PT_INPUT_BUFFER, read once; 0 until known
+}
+
+// Stats counts the commands a Device has sent.
+type Stats struct {
+	// Total is the number of commands sent.
+	Total int
+	// ByCommand is keyed by command name without the TPM2_ prefix, such as
+	// "CreatePrimary" ("0x00000abc" for a code this package has no name for).
+	ByCommand map[string]CommandStat
+}
+
+// CommandStat is the count and the summed round-trip time of one command.
+type CommandStat struct {
+	Count int
+	Total time.Duration
+}
+
+// connector gives the transport for one operation. Device files stay open;
+// socket TPMs are dialled per operation so that other clients (tpm2-tools)
+// can use the single-client swtpm in between.
+type connector interface {
+	begin(ctx context.Context) (transport.TPM, func(), error)
+	close() error
+}
+
+// Open opens the TPM named by the config's device value:
+//
+//	auto              /dev/tpmrm0 if present, else /dev/tpm0
+//	/dev/...          a TPM character device (the kernel resource manager or the raw device)
+//	swtpm:PATH        swtpm's command socket (unixio), started with not-need-init,startup-clear
+//	mssim:HOST:PORT   a TPM simulator's TCP command port (swtpm --server type=tcp, ms-tpm-20-ref)
+//
+// Socket TPMs must already be powered on and started: Open never sends
+// power-on or TPM2_Startup (swtpm refuses the former).
+func Open(spec string, log *slog.Logger) (*Device, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case spec == "auto":
+		for _, p := range []string{"/dev/tpmrm0", "/dev/tpm0"} {
+			if _, err := os.Stat(p); err == nil {
+				return openDeviceFile(p, log)
+			}
+		}
+		return nil, fmt.Errorf("opening TPM: neither /dev/tpmrm0 nor /dev/tpm0 exists: %w", ErrNotFound)
+	case strings.HasPrefix(spec, "swtpm:"):
+		path := strings.TrimPrefix(spec, "swtpm:")
+		if path == "" {
+			return nil, fmt.Errorf("opening TPM %q: empty socket path", spec)
+		}
+		return newDevice(spec, &socketConnector{network: "unix", addr: path}, log), nil
+	case strings.HasPrefix(spec, "mssim:"):
+		addr := strings.TrimPrefix(spec, "mssim:")
+		if addr == "" {
+			return nil, fmt.Errorf("opening TPM %q: empty address", spec)
+		}
+		return newDevice(spec, &socketConnector{network: "tcp", addr: addr}, log), nil
+	case strings.HasPrefix(spec, "/"):
+		return openDeviceFile(spec, log)
+	}
+	return nil, fmt.Errorf("opening TPM %q: want auto, a /dev path, swtpm:PATH or mssim:HOST:PORT", spec)
+}
+
+func openDeviceFile(path string, log *slog.Logger) (*Device, error) {
+	t, err := linuxtpm.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("opening TPM %s: %w", path, err)
+	}
+	return newDevice(path, &heldConnector{t: t}, log), nil
+}
+
+// OpenTransport makes a Device of an already open transport (a simulator in
+// tests). name is what Path reports. Close closes t when it is an io.Closer.
+func OpenTransport(t transport.TPM, name string, log *slog.Logger) *Device {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return newDevice(name, &heldConnector{t: t}, log)
+}
+
+func newDevice(path string, c connector, log *slog.Logger) *Device {
+	return &Device{
+		path:  path,
+		log:   log.With("tpm", path),
+		conn:  c,
+		stats: Stats{ByCommand: map[string]CommandStat{}},
+	}
+}
+
+// Close releases the device. It waits for a running operation to end.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.conn.close(); err != nil {
+		return fmt.Errorf("closing TPM %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// Path is what was opened ("/dev/tpmrm0", "swtpm:/run/swtpm.sock", ...), for status.
+func (d *Device) Path() string { return d.path }
+
+// Stats returns a copy of the command counters.
+func (d *Device) Stats() Stats {
+	d.statsMu.Lock()
+	defer d.statsMu.Unlock()
+	s := Stats{Total: d.stats.Total, ByCommand: make(map[string]CommandStat, len(d.stats.ByCommand))}
+	for k, v := range d.stats.ByCommand {
+		s.ByCommand[k] = v
+	}
+	return s
+}
+
+// do runs one operation: it owns the TPM for the length of f and hands f a
+// transport that counts, times and checks ctx before each command.
+func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	start := time.Now()
+	t, end, err := d.conn.begin(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, err)
+	}
+	err = f(&countingTPM{d: d, ctx: ctx, t: t})
+	end()
+	if err != nil {
+		d.log.Debug("TPM operation failed", "op", op, "duration", time.Since(start), "err", err)
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	d.log.Debug("TPM operation done", "op", op, "duration", time.Since(start))
+	return nil
+}
+
+// countingTPM is the transport every command of an operation goes through.
+type countingTPM struct {
+	d   *Device
+	ctx context.Context
+	t   transport.TPM
+}
+
+// Send implements transport.TPM.
+func (c *countingTPM) Send(cmd []byte) ([]byte, error) {
+	if err := c.ctx.Err(); err != nil {
+		return nil, err
+	}
+	name := "unknown"
+	if len(cmd) >= 10 {
+		name = commandName(tpm2.TPMCC(uint32(cmd[6])<<24 | uint32(cmd[7])<<16 | uint32(cmd[8])<<8 | uint32(cmd[9])))
+	}
+	start := time.Now()
+	rsp, err := c.t.Send(cmd)
+	elapsed := time.Since(start)
+	c.d.statsMu.Lock()
+	s := c.d.stats.ByCommand[name]
+	s.Count++
+	s.Total += elapsed
+	c.d.stats.ByCommand[name] = s
+	c.d.stats.Total++
+	c.d.statsMu.Unlock()
+	if err != nil {
+		if ctxErr := c.ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("%w (%w)", ctxErr, err)
+		}
+		return nil, fmt.Errorf("TPM transport: %w", err)
+	}
+	return rsp, nil
+}
+
+// heldConnector keeps one transport open for the Device's life.
+type heldConnector struct{ t transport.TPM }
+
+func (h *heldConnector) begin(context.Context) (transport.TPM, func(), error) {
+	return h.t, func() {}, nil
+}
+
+func (h *heldConnector) close() error {
+	if c, ok := h.t.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// commandNames are the commands this package and its tests send.
+var commandNames = map[tpm2.TPMCC]string{
+	tpm2.TPMCCActivateCredential:        "ActivateCredential",
+	tpm2.TPMCCClear:                     "Clear",
+	tpm2.TPMCCCreate:                    "Create",
+	tpm2.TPMCCCreatePrimary:             "CreatePrimary",
+	tpm2.TPMCCEvictControl:              "EvictControl",
+	tpm2.TPMCCFlushContext:              "FlushContext",
+	tpm2.TPMCCGetCapability:             "GetCapability",
+	tpm2.TPMCCGetRandom:                 "GetRandom",
+	tpm2.TPMCCHierarchyChanegAuth:       "HierarchyChangeAuth",
+	tpm2.TPMCCHMAC:                      "HMAC",
+	tpm2.TPMCCHMACStart:                 "HMAC_Start",
+	tpm2.TPMCCImport:                    "Import",
+	tpm2.TPMCCLoad:                      "Load",
+	tpm2.TPMCCNVDefineSpace:             "NV_DefineSpace",
+	tpm2.TPMCCNVRead:                    "NV_Read",
+	tpm2.TPMCCNVReadPublic:              "NV_ReadPublic",
+	tpm2.TPMCCNVUndefineSpace:           "NV_UndefineSpace",
+	tpm2.TPMCCNVWrite:                   "NV_Write",
+	tpm2.TPMCCPolicySecret:              "PolicySecret",
+	tpm2.TPMCCReadPublic:                "ReadPublic",
+	tpm2.TPMCCSequenceComplete:          "SequenceComplete",
+	tpm2.TPMCCSequenceUpdate:            "SequenceUpdate",
+	tpm2.TPMCCStartAuthSession:          "StartAuthSession",
+	tpm2.TPMCCUnseal:                    "Unseal",
+	tpm2.TPMCCDictionaryAttackLockReset: "DictionaryAttackLockReset",
+}
+
+func commandName(cc tpm2.TPMCC) string {
+	if n, ok := commandNames[cc]; ok {
+		return n
+	}
+	return fmt.Sprintf("0x%08x", uint32(cc))
+}

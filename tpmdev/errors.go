@@ -1,0 +1,56 @@
+package tpmdev
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Sentinels callers branch on with errors.Is. The TPM's own response code
+// stays in the chain as well, so errors.Is(err, tpm2.TPMRCHandle) also works.
+var (
+	// ErrNotFound: no TPM device, or no object or NV index at the handle.
+	ErrNotFound = errors.New("not found")
+	// ErrForeignObject: the handle holds an object dpsd did not make and
+	// will not touch (it is never evicted).
+	ErrForeignObject = errors.New("foreign object at handle")
+	// ErrAuthFail: the TPM refused an authorization value. It was counted
+	// toward dictionary-attack lockout, so it must not be retried.
+	ErrAuthFail = errors.New("authorization failed")
+	// ErrLockout: the TPM is in dictionary-attack lockout.
+	ErrLockout = errors.New("TPM in dictionary-attack lockout")
+	// ErrKeyInvalidated: a wrapped key or sealed blob no longer loads
+	// because its parent (the SRK) is gone or changed: the TPM was cleared.
+	ErrKeyInvalidated = errors.New("key no longer loads (TPM cleared?)")
+)
+
+// commandError names the TPM command that failed and, for response codes
+// callers branch on, adds the matching sentinel to the chain.
+func commandError(cc tpm2.TPMCC, err error) error {
+	name := "TPM2_" + commandName(cc)
+	switch {
+	case errors.Is(err, tpm2.TPMRCLockout):
+		return fmt.Errorf("%s: %w: %w", name, ErrLockout, err)
+	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
+		return fmt.Errorf("%s: %w: %w", name, ErrAuthFail, err)
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// isNoObject reports whether err says that no object sits at a handle.
+func isNoObject(err error) bool {
+	return errors.Is(err, tpm2.TPMRCHandle)
+}
+
+// loadError maps the failure of loading a child of the SRK: a changed SRK
+// (TPM_RC_INTEGRITY: the outer HMAC no longer verifies) or a public/private
+// pair that does not match it any more means the key was invalidated.
+func loadError(err error) error {
+	if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCBinding) || errors.Is(err, tpm2.TPMRCHandle) {
+		return fmt.Errorf("%w: %w", ErrKeyInvalidated, err)
+	}
+	return err
+}
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

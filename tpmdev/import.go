@@ -1,0 +1,249 @@
+package tpmdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/dpsd-project/dpsd/tpmdev/authblob"
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// ActivateAndImport unwraps a DPS authenticationKey blob: it activates the
+// credential (the EK at 0x81010001, authorized by PolicySecret on the
+// endorsement hierarchy with endorsementAuth; the SRK at 0x81000001 as the
+// object the credential is bound to), which yields the inner wrapping key,
+// then imports the HMAC key under the SRK. The returned key is wrapped by
+// the SRK; no hierarchy auth is needed to load or use it later.
+func (d *Device) ActivateAndImport(ctx context.Context, b *authblob.Blob, endorsementAuth []byte) (*WrappedKey, error) {
+	if b == nil {
+		return nil, errors.New("activating credential: nil blob")
+	}
+	var key *WrappedKey
+	err := d.do(ctx, "activating credential and importing key", func(t transport.TPM) error {
+		srk, err := readPersistent(t, SRKHandle)
+		if err != nil {
+			return fmt.Errorf("reading SRK: %w", err)
+		}
+		ek, err := readPersistent(t, EKHandle)
+		if err != nil {
+			return fmt.Errorf("reading EK: %w", err)
+		}
+		innerKey, err := activate(t, srk.Name, ek.Name, b, endorsementAuth)
+		if err != nil {
+			return err
+		}
+		pub := tpm2.BytesAs2B[tpm2.TPMTPublic](b.Public)
+		imp, err := run(t, tpm2.Import{
+			ParentHandle:  tpm2.NamedHandle{Handle: SRKHandle, Name: srk.Name},
+			EncryptionKey: tpm2.TPM2BData{Buffer: innerKey},
+			ObjectPublic:  pub,
+			Duplicate:     tpm2.TPM2BPrivate{Buffer: b.Duplicate},
+			InSymSeed:     tpm2.TPM2BEncryptedSecret{Buffer: b.InSymSeed},
+			Symmetric: tpm2.TPMTSymDef{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+		})
+		if err != nil {
+			return err
+		}
+		key = &WrappedKey{Public: tpm2.Marshal(pub), Private: tpm2.Marshal(imp.OutPrivate)}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// activate runs TPM2_ActivateCredential in a policy session it flushes on
+// every path, and returns the credential (the blob's inner wrapping key).
+func activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob, endorsementAuth []byte) (inner []byte, err error) {
+	sess, closeSess, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
+	if err != nil {
+		return nil, commandError(tpm2.TPMCCStartAuthSession, err)
+	}
+	defer func() {
+		if cerr := closeSess(); cerr != nil {
+			err = errors.Join(err, commandError(tpm2.TPMCCFlushContext, cerr))
+		}
+	}()
+	if _, err := run(t, tpm2.PolicySecret{
+		AuthHandle:    tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(endorsementAuth)},
+		PolicySession: sess.Handle(),
+		NonceTPM:      sess.NonceTPM(),
+	}); err != nil {
+		return nil, fmt.Errorf("authorizing the EK: %w", err)
+	}
+	rsp, err := run(t, tpm2.ActivateCredential{
+		ActivateHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: srkName},
+		KeyHandle:      tpm2.AuthHandle{Handle: EKHandle, Name: ekName, Auth: sess},
+		CredentialBlob: tpm2.TPM2BIDObject{Buffer: b.CredentialBlob},
+		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: b.Secret},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rsp.CertInfo.Buffer, nil
+}
+
+// loadKey loads a wrapped key under the SRK and returns its transient
+// handle, which the caller flushes. A key whose SRK is gone or changed
+// gives ErrKeyInvalidated.
+func loadKey(t transport.TPM, k *WrappedKey) (tpm2.NamedHandle, error) {
+	l, err := k.loadable()
+	if err != nil {
+		return tpm2.NamedHandle{}, fmt.Errorf("loading key: %w", err)
+	}
+	srk, err := readPersistent(t, SRKHandle)
+	if err != nil {
+		if isNotFound(err) {
+			return tpm2.NamedHandle{}, fmt.Errorf("loading key: SRK absent: %w: %w", ErrKeyInvalidated, err)
+		}
+		return tpm2.NamedHandle{}, err
+	}
+	rsp, err := run(t, tpm2.Load{
+		ParentHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: srk.Name},
+		InPrivate:    l.private,
+		InPublic:     l.public,
+	})
+	if err != nil {
+		return tpm2.NamedHandle{}, loadError(err)
+	}
+	return tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}, nil
+}
+
+// HMAC computes HMAC-SHA256 of data with a wrapped key inside the TPM: one
+// TPM2_HMAC when data fits TPM_PT_INPUT_BUFFER, else an HMAC sequence. The
+// key is loaded for this call only.
+func (d *Device) HMAC(ctx context.Context, k *WrappedKey, data []byte) ([]byte, error) {
+	var mac []byte
+	err := d.do(ctx, "computing HMAC", func(t transport.TPM) (err error) {
+		h, err := loadKey(t, k)
+		if err != nil {
+			return err
+		}
+		defer flush(t, h.Handle, &err)
+		limit, err := d.inputBufferSize(t)
+		if err != nil {
+			return err
+		}
+		auth := tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(nil)}
+		if len(data) <= limit {
+			rsp, err := run(t, tpm2.Hmac{Handle: auth, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, HashAlg: tpm2.TPMAlgSHA256})
+			if err != nil {
+				return err
+			}
+			mac = rsp.OutHMAC.Buffer
+			return nil
+		}
+		mac, err = hmacSequence(t, auth, data, limit)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return mac, nil
+}
+
+// hmacSequence feeds data in chunks of at most limit bytes; the sequence
+// object is flushed by SequenceComplete, or here when a step fails.
+func hmacSequence(t transport.TPM, key tpm2.AuthHandle, data []byte, limit int) (mac []byte, err error) {
+	start, err := run(t, tpm2.HmacStart{Handle: key, HashAlg: tpm2.TPMAlgSHA256})
+	if err != nil {
+		return nil, err
+	}
+	seq := tpm2.AuthHandle{Handle: start.SequenceHandle, Auth: tpm2.PasswordAuth(nil)}
+	for len(data) > limit {
+		if _, err := run(t, tpm2.SequenceUpdate{SequenceHandle: seq, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data[:limit]}}); err != nil {
+			flush(t, start.SequenceHandle, &err)
+			return nil, err
+		}
+		data = data[limit:]
+	}
+	rsp, err := run(t, tpm2.SequenceComplete{SequenceHandle: seq, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, Hierarchy: tpm2.TPMRHNull})
+	if err != nil {
+		flush(t, start.SequenceHandle, &err)
+		return nil, err
+	}
+	return rsp.Result.Buffer, nil
+}
+
+// Persist makes a wrapped key persistent at handle (the Azure SDKs use
+// 0x81000100), for other software that expects it there. An older HMAC key
+// at the handle is evicted first; any other kind of object is refused with
+// ErrForeignObject. Persisting the key that is already there does nothing.
+func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHandle, ownerAuth []byte) error {
+	if !isOwnerPersistent(handle) {
+		return fmt.Errorf("persisting key: handle 0x%08x is not an owner persistent handle", uint32(handle))
+	}
+	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(ownerAuth)}
+	err := d.do(ctx, "persisting key", func(t transport.TPM) (err error) {
+		h, err := loadKey(t, k)
+		if err != nil {
+			return err
+		}
+		defer flush(t, h.Handle, &err)
+		old, err := readPersistent(t, handle)
+		switch {
+		case err == nil:
+			if string(old.Name.Buffer) == string(h.Name.Buffer) {
+				return nil
+			}
+			pub, err := old.OutPublic.Contents()
+			if err != nil || pub.Type != tpm2.TPMAlgKeyedHash || !pub.ObjectAttributes.SignEncrypt {
+				return fmt.Errorf("object at 0x%08x is not an HMAC key: %w", uint32(handle), ErrForeignObject)
+			}
+			if _, err := run(t, tpm2.EvictControl{
+				Auth:             owner,
+				ObjectHandle:     tpm2.NamedHandle{Handle: handle, Name: old.Name},
+				PersistentHandle: handle,
+			}); err != nil {
+				return fmt.Errorf("evicting the old key: %w", err)
+			}
+		case !isNotFound(err):
+			return err
+		}
+		_, err = run(t, tpm2.EvictControl{Auth: owner, ObjectHandle: h, PersistentHandle: handle})
+		return err
+	})
+	if err == nil {
+		d.log.Info("persisted the identity key", "handle", fmt.Sprintf("0x%08x", uint32(handle)))
+	}
+	return err
+}
+
+// LoadCheck proves that a wrapped key still loads under the SRK (and
+// flushes it): ErrKeyInvalidated after a clear.
+func (d *Device) LoadCheck(ctx context.Context, k *WrappedKey) error {
+	return d.do(ctx, "loading key", func(t transport.TPM) (err error) {
+		h, err := loadKey(t, k)
+		if err != nil {
+			return err
+		}
+		flush(t, h.Handle, &err)
+		return err
+	})
+}
+
+// ParseHandle parses a persistent handle in the owner range
+// (0x81000000-0x817FFFFF) as written in the config, such as "0x81000100".
+func ParseHandle(s string) (tpm2.TPMHandle, error) {
+	digits, ok := strings.CutPrefix(strings.ToLower(s), "0x")
+	v, err := strconv.ParseUint(digits, 16, 32)
+	if !ok || err != nil {
+		return 0, fmt.Errorf("handle %q: want hexadecimal 0x81000000-0x817fffff", s)
+	}
+	h := tpm2.TPMHandle(v)
+	if !isOwnerPersistent(h) {
+		return 0, fmt.Errorf("handle %q: not an owner persistent handle (0x81000000-0x817fffff)", s)
+	}
+	return h, nil
+}
+
+func isOwnerPersistent(h tpm2.TPMHandle) bool { return h >= 0x81000000 && h <= 0x817FFFFF }

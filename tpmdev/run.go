@@ -1,0 +1,43 @@
+package tpmdev
+
+import (
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// run executes one TPM command and names it in the error.
+func run[R any, C tpm2.Command[R, *R]](t transport.TPM, cmd C, s ...tpm2.Session) (*R, error) {
+	rsp, err := cmd.Execute(t, s...)
+	if err != nil {
+		return nil, commandError(cmd.Command(), err)
+	}
+	return rsp, nil
+}
+
+// flush flushes a transient object or session; its error joins the
+// operation's so a leak is never silent.
+func flush(t transport.TPM, h tpm2.TPMHandle, err *error) {
+	_, ferr := run(t, tpm2.FlushContext{FlushHandle: h})
+	switch {
+	case ferr == nil:
+	case *err == nil:
+		*err = ferr
+	default:
+		*err = fmt.Errorf("%w; also %w", *err, ferr)
+	}
+}
+
+// readPersistent reads the public area at a persistent handle. It returns
+// an error matching ErrNotFound when the handle is empty.
+func readPersistent(t transport.TPM, h tpm2.TPMHandle) (*tpm2.ReadPublicResponse, error) {
+	rsp, err := run(t, tpm2.ReadPublic{ObjectHandle: h})
+	if err != nil {
+		if isNoObject(err) {
+			return nil, fmt.Errorf("handle 0x%08x: %w: %w", uint32(h), ErrNotFound, err)
+		}
+		return nil, err
+	}
+	return rsp, nil
+}
