@@ -47,24 +47,17 @@ func (s Store) DiscardStaged() error {
 // LoadIdentity returns the contents of identity.key; when there is none the
 // error wraps fs.ErrNotExist.
 func (s Store) LoadIdentity() ([]byte, error) {
-	b, err := os.ReadFile(s.path(IdentityFile))
-	if err != nil {
-		return nil, fmt.Errorf("reading the identity key: %w", err)
-	}
-	return b, nil
+	return s.read(IdentityFile, "the identity key")
 }
 
 // LoadStaged returns the contents of identity.key.new, or nil and no error
 // when nothing is staged (the normal case).
 func (s Store) LoadStaged() ([]byte, error) {
-	b, err := os.ReadFile(s.path(StagedIdentityFile))
+	b, err := s.read(StagedIdentityFile, "the staged identity key")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the staged identity key: %w", err)
-	}
-	return b, nil
+	return b, err
 }
 
 // SaveOwnerAuth writes the sealed owner auth (opaque here) to owner.auth,
@@ -79,9 +72,14 @@ func (s Store) SaveOwnerAuth(sealed []byte) error {
 // LoadOwnerAuth returns the contents of owner.auth; when there is none the
 // error wraps fs.ErrNotExist.
 func (s Store) LoadOwnerAuth() ([]byte, error) {
-	b, err := os.ReadFile(s.path(OwnerAuthFile))
+	return s.read(OwnerAuthFile, "the sealed owner auth")
+}
+
+// read returns the contents of the file name; what names it in errors.
+func (s Store) read(name, what string) ([]byte, error) {
+	b, err := os.ReadFile(s.path(name))
 	if err != nil {
-		return nil, fmt.Errorf("reading the sealed owner auth: %w", err)
+		return nil, fmt.Errorf("reading %s: %w", what, err)
 	}
 	return b, nil
 }
