@@ -13,7 +13,7 @@ BIN      := bin
 
 export SOURCE_DATE_EPOCH
 
-.PHONY: all build cross test test-deps lint demo deb bench fuzz clean
+.PHONY: all build cross test test-deps lint demo deb deb-test bench fuzz clean
 
 FUZZTIME ?= 5m
 
@@ -28,6 +28,27 @@ cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/dpsd ./cmd/dpsd
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/dpsd ./cmd/dpsd
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-armhf/dpsd ./cmd/dpsd
+
+# Debian packages for image builders into $(DIST)/: ARCH=amd64|arm64|armhf|all.
+# Same commit, same bytes: timestamps come from SOURCE_DATE_EPOCH.
+DIST     ?= dist
+ARCH     ?= all
+DEB_ARCHES := $(if $(filter all,$(ARCH)),amd64 arm64 armhf,$(ARCH))
+
+deb:
+	@mkdir -p $(BIN) $(DIST)
+	$(GO) build -C packaging -o $(CURDIR)/$(BIN)/dpsd-package .
+	for a in $(DEB_ARCHES); do \
+		case $$a in amd64|arm64) goarch="GOARCH=$$a" ;; armhf) goarch="GOARCH=arm GOARM=7" ;; \
+		*) echo "make deb: unknown ARCH $$a (amd64, arm64, armhf or all)" >&2; exit 2 ;; esac; \
+		env CGO_ENABLED=0 GOOS=linux $$goarch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-$$a/dpsd ./cmd/dpsd; \
+		$(BIN)/dpsd-package -arch $$a -bin $(BIN)/linux-$$a/dpsd -version $(VERSION) -commit $(COMMIT) -out $(DIST); \
+	done
+
+# Rebuild and compare, lintian, install/upgrade/remove/purge in a Debian chroot (root).
+deb-test:
+	scripts/install-deps.sh deb
+	cd packaging && $(GO) vet ./... && $(GO) test -count=1 -v -timeout 30m ./...
 
 test-deps:
 	scripts/install-deps.sh test
