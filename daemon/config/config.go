@@ -71,9 +71,11 @@ type TPM struct {
 	// CheckInterval (check_interval) is how often the running daemon looks
 	// for a TPM clear.
 	CheckInterval time.Duration
-	// IdentityHandle (identity_handle) is the persistent handle where the
-	// hub key is also made persistent for other Azure SDK apps; 0: none.
-	IdentityHandle uint32
+	// IdentityHandle (identity_handle) is the persistent handle, as
+	// "0x81000100" (checked, lowercase), where the hub key is also made
+	// persistent for other Azure SDK apps; empty: none. tpmdev.ParseHandle
+	// turns it into a handle.
+	IdentityHandle string
 }
 
 // Ownership is the owner hierarchy policy (tpm.ownership).

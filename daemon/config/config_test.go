@@ -186,8 +186,8 @@ func TestLoadValues(t *testing.T) {
 			func(c *Config) bool {
 				return c.TPM.Ownership == OwnershipShared && c.TPM.OwnerAuthFile == "/etc/dpsd/owner"
 			}},
-		{"identity handle", `tpm.identity_handle = "0x81000100"`,
-			func(c *Config) bool { return c.TPM.IdentityHandle == 0x81000100 }},
+		{"identity handle", `tpm.identity_handle = "0X810001aB"`,
+			func(c *Config) bool { return c.TPM.IdentityHandle == "0x810001ab" }},
 		{"device path", `tpm.device = "/dev/tpm0"`, func(c *Config) bool { return c.TPM.Device == "/dev/tpm0" }},
 		{"swtpm", `tpm.device = "swtpm:/tmp/swtpm.sock"`, func(c *Config) bool { return c.TPM.Device == "swtpm:/tmp/swtpm.sock" }},
 		{"mssim ipv6", `tpm.device = "mssim:[::1]:2321"`, func(c *Config) bool { return c.TPM.Device == "mssim:[::1]:2321" }},
@@ -255,8 +255,8 @@ func TestLoadFiles(t *testing.T) {
 		writeFile(t, main, "[provisioning]\nid_scope = \"0ne00000A0A\"\n[tpm]\nidentity_handle = \"0x81000100\"\n")
 		writeFile(t, filepath.Join(dir, DropInDir, "90.toml"), "tpm.identity_handle = \"\"\n")
 		c, err := Load(main)
-		if err != nil || c.TPM.IdentityHandle != 0 {
-			t.Errorf("Load = %+v, %v; want identity handle 0", c, err)
+		if err != nil || c.TPM.IdentityHandle != "" {
+			t.Errorf("Load = %+v, %v; want no identity handle", c, err)
 		}
 	})
 }

@@ -403,25 +403,26 @@ const (
 	ekHandle  = 0x81010001
 )
 
-// persistentHandle parses identity_handle: "" (none) or a hex handle that
+// persistentHandle checks identity_handle: "" (none) or a hex handle that
 // the owner may make persistent, which TPM 2.0 Part 3 (EvictControl)
 // limits to 0x81000000..0x817FFFFF (the rest of 0x81 is the platform's).
-func persistentHandle(s string) (uint32, error) {
+// It returns the handle as "0x" and eight lowercase hex digits.
+func persistentHandle(s string) (string, error) {
 	if s == "" {
-		return 0, nil
+		return "", nil
 	}
 	hexDigits, ok := strings.CutPrefix(strings.ToLower(s), "0x")
 	n, err := strconv.ParseUint(hexDigits, 16, 32)
 	if !ok || err != nil {
-		return 0, fmt.Errorf("%q is not a hex handle such as \"0x81000100\"", s)
+		return "", fmt.Errorf("%q is not a hex handle such as \"0x81000100\"", s)
 	}
 	switch {
 	case n < 0x81000000 || n > 0x817FFFFF:
-		return 0, fmt.Errorf("%q is outside the owner's persistent range 0x81000000..0x817FFFFF", s)
+		return "", fmt.Errorf("%q is outside the owner's persistent range 0x81000000..0x817FFFFF", s)
 	case n == srkHandle:
-		return 0, fmt.Errorf("%q is the SRK's handle", s)
+		return "", fmt.Errorf("%q is the SRK's handle", s)
 	case n == ekHandle:
-		return 0, fmt.Errorf("%q is the EK's handle", s)
+		return "", fmt.Errorf("%q is the EK's handle", s)
 	}
-	return uint32(n), nil
+	return fmt.Sprintf("0x%08x", n), nil
 }
