@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -249,6 +250,15 @@ func TestLoadFiles(t *testing.T) {
 			t.Errorf("Load = %v, want %s", err, want)
 		}
 	})
+	t.Run("too many errors", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "config.toml")
+		writeFile(t, path, "[tpm]\n"+manyUnknownKeys(maxErrorsPerFile+5))
+		_, err := Load(path)
+		lines := strings.Split(err.Error(), "\n")
+		if len(lines) != maxErrorsPerFile+1 || lines[len(lines)-1] != path+": too many errors; fix these first" {
+			t.Errorf("Load = %v; want %d errors and a last line saying there are too many", err, maxErrorsPerFile)
+		}
+	})
 	t.Run("a drop-in unsets a default", func(t *testing.T) {
 		dir := t.TempDir()
 		main := filepath.Join(dir, "config.toml")
@@ -297,6 +307,15 @@ func TestProvisioningFingerprint(t *testing.T) {
 	}
 }
 
+// manyUnknownKeys returns n lines that each set an unknown key.
+func manyUnknownKeys(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "unknown_%d = 1\n", i)
+	}
+	return b.String()
+}
+
 // writeFile writes content to path, creating its directory.
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
@@ -305,5 +324,32 @@ func writeFile(t *testing.T, path, content string) {
 	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// BenchmarkLoad measures a start's config read: the reference config plus
+// one drop-in.
+func BenchmarkLoad(b *testing.B) {
+	data, err := os.ReadFile(reference)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	main := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(main, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, DropInDir), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, DropInDir, "50-id-scope.toml"),
+		[]byte("[provisioning]\nid_scope = \"0ne00000A0A\"\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Load(main); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

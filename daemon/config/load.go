@@ -120,6 +120,10 @@ func build(mainPath string, sources []source) (*Config, error) {
 	return c, nil
 }
 
+// maxErrorsPerFile bounds the report: past a few, the file is likely not
+// a dpsd config at all, and each error costs a decode (see locate).
+const maxErrorsPerFile = 10
+
 // apply decodes one file and sets each key it holds, in file order.
 func apply(c *Config, src *source, origins map[string]origin) []error {
 	var tree map[string]any
@@ -132,6 +136,9 @@ func apply(c *Config, src *source, origins map[string]origin) []error {
 	// not looked at again: one error per mistake.
 	var handled []toml.Key
 	for _, key := range md.Keys() {
+		if len(errs) == maxErrorsPerFile {
+			return append(errs, &Error{File: src.name, Msg: "too many errors; fix these first"})
+		}
 		if underAny(key, handled) {
 			continue
 		}

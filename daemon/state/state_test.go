@@ -290,3 +290,18 @@ func TestWriteFailsCleanly(t *testing.T) {
 		t.Errorf("the target was changed: %v", err)
 	}
 }
+
+// BenchmarkSaveUnchanged measures what a warm start pays to confirm the
+// record is current (a read and a compare, no write).
+func BenchmarkSaveUnchanged(b *testing.B) {
+	s := Store{Dir: b.TempDir()}
+	if _, err := s.Save(sample()); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if written, err := s.Save(sample()); err != nil || written {
+			b.Fatal(written, err)
+		}
+	}
+}
