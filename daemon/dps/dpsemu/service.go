@@ -40,14 +40,14 @@ const (
 	regFailed    = "failed"
 	regDisabled  = "disabled"
 
-	subInitial      = "initialAssignment"
+	subInitial       = "initialAssignment"
 	subReprovisioned = "reprovisionedToInitialAssignment"
-	subDataReset    = "deviceDataReset"
+	subDataReset     = "deviceDataReset"
 )
 
 // Error codes of a terminal "failed" registration state (§5.2).
 const (
-	failNoHub     = 400208 // the enrollment names a hub this emulator does not serve
+	failNoHub       = 400208 // the enrollment names a hub this emulator does not serve
 	failNotEnrolled = 401002 // the enrollment was deleted while the operation ran
 )
 
@@ -86,8 +86,8 @@ type service struct {
 
 	mu         sync.Mutex
 	data       *registryData
-	challenges map[string]*challenge  // by lowercase registration ID; in memory only
-	ops        map[string]*operation  // by operation ID; in memory only
+	challenges map[string]*challenge    // by lowercase registration ID; in memory only
+	ops        map[string]*operation    // by operation ID; in memory only
 	pending    map[string]*Registration // registrations in progress, not yet persisted
 }
 
@@ -635,8 +635,9 @@ func (s *service) deleteEnrollment(regID string) (bool, error) {
 		}
 		return false, fmt.Errorf("writing the registry: %w", err)
 	}
+	// The challenge stays: an operation in flight then ends "failed", which
+	// tells the device more than a 401 would.
 	delete(s.pending, key)
-	delete(s.challenges, key)
 	return true, nil
 }
 
