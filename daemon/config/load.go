@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -169,7 +170,7 @@ func apply(c *Config, src *source, origins map[string]origin) []error {
 // underAny says whether key lies strictly below one of the given keys.
 func underAny(key toml.Key, parents []toml.Key) bool {
 	for _, p := range parents {
-		if len(key) > len(p) && reflect.DeepEqual([]string(key[:len(p)]), []string(p)) {
+		if len(key) > len(p) && slices.Equal(key[:len(p)], p) {
 			return true
 		}
 	}
