@@ -1,0 +1,55 @@
+// Package tpmtest gives tests a real TPM: the in-process reference
+// simulator (ms-tpm-20-ref via go-tpm-tools, cgo) or an swtpm process, plus
+// the clear an owner would do from outside and a leak check. Test code only.
+//
+// A test that needs a missing tool (swtpm, tpm2_clear, cgo for the
+// simulator) is skipped, except when CI=true: then it fails.
+package tpmtest
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/dpsd-project/dpsd/tpmdev"
+)
+
+// requireTool fails (CI) or skips the test when the program is missing.
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, name+" is not installed (scripts/install-deps.sh test installs it)")
+	}
+	return path
+}
+
+// missing fails the test in CI, where every tool must be there, and skips
+// it elsewhere.
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and %s", why)
+	}
+	t.Skip(why)
+}
+
+// Logger is a logger that writes to the test's output.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// AssertNoTransientHandles fails the test when the TPM holds a transient
+// object or a session: every tpmdev method must flush what it loaded.
+func AssertNoTransientHandles(t testing.TB, dev *tpmdev.Device) {
+	t.Helper()
+	hs, err := dev.LoadedHandles(context.Background())
+	if err != nil {
+		t.Fatalf("listing loaded handles: %v", err)
+	}
+	if len(hs) > 0 {
+		t.Errorf("TPM holds %d transient objects or sessions: %#x", len(hs), hs)
+	}
+}
