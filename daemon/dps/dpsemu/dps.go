@@ -109,8 +109,6 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // ServeHTTP is the DPS device endpoint. It counts every request, applies
 // the configured faults, and dispatches; every error is a JSON body.
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -167,7 +167,7 @@ func TestDPSErrors(t *testing.T) {
 		{"EK mismatch", put("", registrationBody(regID, other, "")), 401},
 		{"no tpm on the challenge", put("", []byte(`{"registrationId":"dev-err"}`)), 400},
 		{"EK not base64", put("", []byte(`{"tpm":{"endorsementKey":"!!","storageRootKey":"AA=="}}`)), 400},
-		{"SRK is no storage key", put("", []byte(`{"tpm":{"endorsementKey":"` + base64.StdEncoding.EncodeToString(d.ekPub) + `","storageRootKey":"AAIAAQ=="}}`)), 400},
+		{"SRK is no storage key", put("", []byte(`{"tpm":{"endorsementKey":"`+base64.StdEncoding.EncodeToString(d.ekPub)+`","storageRootKey":"AAIAAQ=="}}`)), 400},
 		{"SAS signed with another key", put(dpsToken(bytes.Repeat([]byte{1}, 32), regID), registrationBody(regID, d, "")), 401},
 		{"SAS expired beyond the allowance", put(token(key, sr, time.Now().Add(-10*time.Minute), "registration"), registrationBody(regID, d, "")), 401},
 		{"SAS for another registration", put(token(key, url.QueryEscape(testScope+"/registrations/other"), time.Now().Add(time.Hour), "registration"), registrationBody(regID, d, "")), 401},

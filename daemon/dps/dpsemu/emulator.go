@@ -232,9 +232,6 @@ func (e *Emulator) RootCAs() *x509.CertPool { return e.roots }
 // Stats returns the DPS request counts, as GET /stats does.
 func (e *Emulator) Stats() map[string]int { return e.svc.stats.snapshot() }
 
-// Failed delivers an error if a server stops unexpectedly.
-func (e *Emulator) Failed() <-chan error { return e.failed }
-
 // Close stops the three servers, waiting briefly for requests in flight.
 // The registry needs no flushing: every change was written when it was made.
 func (e *Emulator) Close() error {

@@ -35,15 +35,13 @@ type errorBody struct {
 	TimestampUTC time.Time `json:"timestampUtc"`
 }
 
-// apiError is an error that knows its HTTP status and DPS error code; the
+// apiError is a refusal that knows its HTTP status and DPS error code; the
 // DPS handlers return it and one place writes it.
 type apiError struct {
 	status  int
 	code    int
 	message string
 }
-
-func (e *apiError) Error() string { return fmt.Sprintf("%d %d: %s", e.status, e.code, e.message) }
 
 func errorf(status, code int, format string, args ...any) *apiError {
 	return &apiError{status: status, code: code, message: fmt.Sprintf(format, args...)}
