@@ -31,7 +31,8 @@ func (k *WrappedKey) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalBinary parses what MarshalBinary wrote; it checks the sizes and
-// that the public area decodes, not the cryptography (Load does).
+// that the public area decodes as a keyed-hash object, not the cryptography
+// (Load does).
 func (k *WrappedKey) UnmarshalBinary(b []byte) error {
 	pub, rest, err := splitTPM2B("public", b)
 	if err != nil {
@@ -44,8 +45,13 @@ func (k *WrappedKey) UnmarshalBinary(b []byte) error {
 	if len(rest) != 0 {
 		return fmt.Errorf("unmarshalling wrapped key: %d bytes after the private part", len(rest))
 	}
-	if _, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub); err != nil {
+	area, err := tpm2.Unmarshal[tpm2.TPMTPublic](pub[2:])
+	if err != nil {
 		return fmt.Errorf("unmarshalling wrapped key: public area: %w", err)
+	}
+	// Identity keys and sealed data are both keyed-hash objects.
+	if area.Type != tpm2.TPMAlgKeyedHash {
+		return fmt.Errorf("unmarshalling wrapped key: object type 0x%04x, want keyed hash", uint16(area.Type))
 	}
 	k.Public, k.Private = pub, priv
 	return nil
