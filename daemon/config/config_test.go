@@ -136,6 +136,7 @@ func TestLoadBad(t *testing.T) {
 		"state-dir-relative.toml": `FILE:5: state.dir: "var/lib/dpsd" is not an absolute path`,
 		"syntax.toml":             `FILE:5: tpm.device: expected value but found '\n' instead`,
 		"table-as-value.toml":     `FILE:1: tpm: expected a table, got a string`,
+		"table-case.toml":         `FILE:1: Provisioning: unknown table (did you mean provisioning?)`,
 		"token-allow-type.toml":   `FILE:5: token.allow: element 2: expected a string, got an integer (1000)`,
 		"token-allow.toml":        `FILE:5: token.allow: "@" is not a user name or "@group"`,
 		"unknown-key.toml":        `FILE:5: tpm.devise: unknown key (did you mean tpm.device?)`,

@@ -279,7 +279,7 @@ func unknownKeyMsg(key toml.Key, typ string) string {
 }
 
 // suggest returns the known key or table nearest to key (a typo of at most
-// two edits), or "".
+// two edits, case aside), or "".
 func suggest(key toml.Key) string {
 	var candidates []string
 	switch len(key) {
@@ -301,7 +301,7 @@ func suggest(key toml.Key) string {
 	}
 	best, bestDist := "", 3
 	for _, cand := range candidates {
-		d := editDistance(key.String(), cand)
+		d := editDistance(strings.ToLower(key.String()), cand)
 		if d < bestDist || (d == bestDist && cand < best) {
 			best, bestDist = cand, d
 		}
