@@ -11,8 +11,9 @@ import (
 // limitListener caps open connections, overall and per uid, so that one
 // local user holding connections open (slowloris) cannot take the socket
 // from everyone else. It never blocks in Accept: a connection over a cap is
-// answered 503 and closed at once. Root is exempt from both caps; it is the
-// one who must be able to get in to repair things.
+// answered 503 and closed at once. Root is exempt from both caps and does
+// not count toward them; it is the one who must be able to get in to repair
+// things.
 type limitListener struct {
 	net.Listener
 	maxConns, maxPerUID int
@@ -51,13 +52,14 @@ func (l *limitListener) Accept() (net.Conn, error) {
 func (l *limitListener) acquire(uid int) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if uid != 0 {
-		if l.total >= l.maxConns {
-			return "too many open connections"
-		}
-		if l.perUID[uid] >= l.maxPerUID {
-			return "too many open connections from this uid"
-		}
+	if uid == 0 {
+		return ""
+	}
+	if l.total >= l.maxConns {
+		return "too many open connections"
+	}
+	if l.perUID[uid] >= l.maxPerUID {
+		return "too many open connections from this uid"
 	}
 	l.total++
 	l.perUID[uid]++
@@ -65,6 +67,9 @@ func (l *limitListener) acquire(uid int) string {
 }
 
 func (l *limitListener) release(uid int) {
+	if uid == 0 {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--

@@ -1,0 +1,215 @@
+package localapi_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/client"
+	"github.com/dpsd-project/dpsd/daemon/localapi"
+	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+)
+
+// The test binary doubles as a hostile or honest client run under another
+// uid (see TestMain).
+const (
+	helperEnv       = "DPSD_LOCALAPI_HELPER"
+	helperSocketEnv = "DPSD_LOCALAPI_SOCKET"
+	helperCountEnv  = "DPSD_LOCALAPI_COUNT"
+)
+
+// Unprivileged uids every Debian system has: nobody, and daemon.
+const (
+	nobodyUID  = 65534
+	daemonUID  = 1
+	perUIDCap  = 8
+	slowClient = 40
+)
+
+// requireRoot fails under CI and skips elsewhere when the test cannot
+// switch uids.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test runs clients under other uids and needs root; CI runs as root")
+	}
+	t.Skip("needs root to run clients under other uids")
+}
+
+// runHelper is the body of a helper process.
+func runHelper(mode string) int {
+	path := os.Getenv(helperSocketEnv)
+	switch mode {
+	case "slowloris":
+		n, _ := strconv.Atoi(os.Getenv(helperCountEnv))
+		return slowloris(path, n)
+	case "token":
+		tok, err := client.New(path, "dpsd").Token(context.Background(), 0)
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		fmt.Println("token for", tok.DeviceID)
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
+	return 2
+}
+
+// slowloris opens n connections, sends each an unfinished request header
+// and never finishes it. It says "ready" once all are open, then waits
+// until the server has closed every one and reports how many were refused
+// at once (503) and how many it held until the server timed them out.
+func slowloris(path string, n int) int {
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			fmt.Println("dial:", err)
+			return 1
+		}
+		_, _ = io.WriteString(c, "GET /v1/status HTTP/1.1\r\nHost: "+apitype.SocketHost+"\r\nX-Slow: ")
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	var mu sync.Mutex
+	refused, held := 0, 0
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			b, _ := io.ReadAll(c)
+			mu.Lock()
+			defer mu.Unlock()
+			if strings.HasPrefix(string(b), "HTTP/1.1 503") {
+				refused++
+			} else {
+				held++
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Printf("refused=%d held=%d\n", refused, held)
+	return 0
+}
+
+// helper starts the test binary as a helper under uid.
+func helper(t *testing.T, uid int, mode, socket string, count int) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperSocketEnv+"="+socket, helperCountEnv+"="+strconv.Itoa(count))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// TestHostileClients: a local user holding connections open with unfinished
+// headers, huge bodies and a flood of idle connections do not keep root or
+// other users from being served.
+func TestHostileClients(t *testing.T) {
+	requireRoot(t)
+	// The test binary must be executable by the helpers' uids.
+	if exe, err := os.Executable(); err == nil {
+		if err := exec.Command("/bin/sh", "-c", `d="$1"; while [ "$d" != / ]; do chmod o+x "$d"; d=$(dirname "$d"); done`, "sh", exe).Run(); err != nil {
+			t.Fatalf("making the test binary reachable: %v", err)
+		}
+	}
+	b := localapitest.NewBackend(provisionedStatus())
+	srv := localapi.New(b, localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})
+	srv.SetLimits(64, perUIDCap, 5*time.Second)
+	path := localapitest.Serve(t, srv, 0o666, "")
+	c := client.New(path, "dpsd")
+
+	// Slowloris from nobody: only perUIDCap connections are accepted, the
+	// rest are refused at once.
+	slow := helper(t, nobodyUID, "slowloris", path, slowClient)
+	out, err := slow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := slow.Start(); err != nil {
+		t.Fatalf("starting the slowloris helper: %v", err)
+	}
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("slowloris helper: %q", lines.Text())
+	}
+
+	// Meanwhile root is served, and so is another user.
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Errorf("root's status during slowloris: %v", err)
+	}
+	tok := helper(t, daemonUID, "token", path, 0)
+	if got, err := tok.Output(); err != nil || !strings.Contains(string(got), "token for dev-1") {
+		t.Errorf("another user's token during slowloris: %q, %v", got, err)
+	}
+
+	// A huge body is refused before it is read, and the server moves on.
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(raw, "POST /v1/token HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", apitype.SocketHost, 1<<30)
+	go func() { // keeps sending until the server hangs up
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := raw.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	status, err := bufio.NewReader(raw).ReadString('\n')
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 413") {
+		t.Errorf("huge body: %q, %v", status, err)
+	}
+	raw.Close()
+
+	// A flood of idle connections from root (exempt from the caps).
+	var idle []net.Conn
+	for range 200 {
+		ic, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("idle connection: %v", err)
+		}
+		idle = append(idle, ic)
+	}
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Errorf("status with 200 idle connections: %v", err)
+	}
+	for _, ic := range idle {
+		ic.Close()
+	}
+
+	// Every slow connection was either refused or timed out by the server.
+	if !lines.Scan() {
+		t.Fatalf("slowloris helper ended without a report: %v", lines.Err())
+	}
+	var refused, held int
+	if _, err := fmt.Sscanf(lines.Text(), "refused=%d held=%d", &refused, &held); err != nil {
+		t.Fatalf("slowloris report %q: %v", lines.Text(), err)
+	}
+	if held > perUIDCap || refused < slowClient-perUIDCap {
+		t.Errorf("slowloris: %d held, %d refused; want at most %d held", held, refused, perUIDCap)
+	}
+	if err := slow.Wait(); err != nil {
+		t.Errorf("slowloris helper: %v", err)
+	}
+	t.Logf("slowloris from uid %d: %d connections held until the header timeout, %d refused at once", nobodyUID, held, refused)
+}
