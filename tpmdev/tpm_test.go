@@ -63,8 +63,14 @@ func provision(t *testing.T, dev *tpmdev.Device) (tpmdev.EK, tpmdev.SRK) {
 	return ek, srk
 }
 
-// importKey builds a service-side blob for key and unwraps it in the TPM.
-func importKey(t *testing.T, dev *tpmdev.Device, ek tpmdev.EK, srk tpmdev.SRK, key []byte) *tpmdev.WrappedKey {
+// buildBlob is what the service sends: a random HMAC key for this EK and
+// SRK, parsed as the device parses it.
+func buildBlob(t testing.TB, ek tpmdev.EK, srk tpmdev.SRK) *authblob.Blob {
+	t.Helper()
+	return buildBlobFor(t, ek, srk, randomBytes(t, 32))
+}
+
+func buildBlobFor(t testing.TB, ek tpmdev.EK, srk tpmdev.SRK, key []byte) *authblob.Blob {
 	t.Helper()
 	raw, err := authblob.Build(rand.Reader, ek.Public, srk.Public, key, []byte("hub.example/devices/dev1"))
 	if err != nil {
@@ -74,7 +80,13 @@ func importKey(t *testing.T, dev *tpmdev.Device, ek tpmdev.EK, srk tpmdev.SRK, k
 	if err != nil {
 		t.Fatal(err)
 	}
-	wk, err := dev.ActivateAndImport(context.Background(), blob, nil)
+	return blob
+}
+
+// importKey builds a service-side blob for key and unwraps it in the TPM.
+func importKey(t *testing.T, dev *tpmdev.Device, ek tpmdev.EK, srk tpmdev.SRK, key []byte) *tpmdev.WrappedKey {
+	t.Helper()
+	wk, err := dev.ActivateAndImport(context.Background(), buildBlobFor(t, ek, srk, key), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
