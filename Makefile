@@ -68,5 +68,10 @@ lint:
 fuzz: test-deps
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
+# The shipped binary on swtpm + dpsemu, cold and warm: a table and dist/bench.json
+# (BENCHFLAGS='-runs 3 -idle 10s' for a quick look; go run ./scripts/bench -h).
+bench: test-deps build cross
+	$(GO) run ./scripts/bench -dpsd $(BIN)/dpsd -dpsemu $(BIN)/dpsemu -cross $(BIN) -out dist/bench.json $(BENCHFLAGS)
+
 clean:
 	rm -rf $(BIN) dist

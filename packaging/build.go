@@ -50,7 +50,8 @@ type options struct {
 	Arch     string    // Debian architecture
 	Binary   string    // dpsd built for Arch
 	OutDir   string    // where the .deb goes
-	Describe string    // git describe of the tree
+	Describe string    // git describe of the tree, for the changelog
+	Upstream string    // Debian upstream version (see upstreamVersion)
 	Commit   string    // commit of the binary
 	Config   string    // the conffile; empty: Root/contrib/config.toml
 	Revision int       // Debian revision
@@ -60,10 +61,6 @@ type options struct {
 // buildPackage writes the .deb for o into o.OutDir and returns its path.
 func buildPackage(o *options) (string, error) {
 	if err := checkBinary(o.Binary, o.Arch); err != nil {
-		return "", err
-	}
-	upstream, err := upstreamVersion(o.Describe, o.Built)
-	if err != nil {
 		return "", err
 	}
 	if o.Config == "" {
@@ -88,7 +85,7 @@ func buildPackage(o *options) (string, error) {
 	if err := writeGzip(manGz, page); err != nil {
 		return "", err
 	}
-	version := upstream + "-" + strconv.Itoa(o.Revision)
+	version := o.Upstream + "-" + strconv.Itoa(o.Revision)
 	changelogGz := filepath.Join(staging, "changelog.Debian.gz")
 	if err := writeGzip(changelogGz, changelog(version, o.Describe, o.Commit, o.Built)); err != nil {
 		return "", err
@@ -115,7 +112,7 @@ func buildPackage(o *options) (string, error) {
 		Name:          packageName,
 		Arch:          o.Arch,
 		Platform:      "linux",
-		Version:       upstream,
+		Version:       o.Upstream,
 		VersionSchema: "none",
 		Release:       strconv.Itoa(o.Revision),
 		Section:       "admin",

@@ -44,6 +44,9 @@ func run(o *options) error {
 		return fmt.Errorf("parsing SOURCE_DATE_EPOCH %q: %w", epoch, err)
 	}
 	o.Built = time.Unix(secs, 0).UTC()
+	if o.Upstream, err = upstreamVersion(o.Describe, o.Built); err != nil {
+		return err
+	}
 	path, err := buildPackage(o)
 	if err != nil {
 		return err
