@@ -19,29 +19,12 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// backend is a real TPM implementation and the way its owner clears it.
-type backend struct {
-	name string
-	open func(t *testing.T) (dev *tpmdev.Device, clear func())
-}
-
-var backends = []backend{
-	{"simulator", func(t *testing.T) (*tpmdev.Device, func()) {
-		dev := tpmtest.Simulator(t)
-		return dev, func() { tpmtest.ClearSimulator(t, dev) }
-	}},
-	{"swtpm", func(t *testing.T) (*tpmdev.Device, func()) {
-		dev, info := tpmtest.Swtpm(t)
-		return dev, func() { tpmtest.ClearSwtpm(t, info) }
-	}},
-}
-
 // forEachTPM runs f on a fresh TPM of each backend, and checks afterwards
 // that nothing was left loaded.
 func forEachTPM(t *testing.T, f func(t *testing.T, dev *tpmdev.Device, clear func())) {
-	for _, b := range backends {
-		t.Run(b.name, func(t *testing.T) {
-			dev, clear := b.open(t)
+	for _, b := range tpmtest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			dev, clear := b.Open(t)
 			t.Cleanup(func() { tpmtest.AssertNoTransientHandles(t, dev) })
 			f(t, dev, clear)
 		})

@@ -53,3 +53,27 @@ func AssertNoTransientHandles(t testing.TB, dev *tpmdev.Device) {
 		t.Errorf("TPM holds %d transient objects or sessions: %#x", len(hs), hs)
 	}
 }
+
+// Backend is a real TPM implementation a test can run on, with the way its
+// owner clears it.
+type Backend struct {
+	Name string
+	// Open gives the test a fresh TPM of this kind, and a function that
+	// clears it from outside (ClearSimulator or ClearSwtpm).
+	Open func(t *testing.T) (dev *tpmdev.Device, clear func())
+}
+
+// Backends lists the reference simulator and swtpm, for table tests that
+// run on both.
+func Backends() []Backend {
+	return []Backend{
+		{"simulator", func(t *testing.T) (*tpmdev.Device, func()) {
+			dev := Simulator(t)
+			return dev, func() { ClearSimulator(t, dev) }
+		}},
+		{"swtpm", func(t *testing.T) (*tpmdev.Device, func()) {
+			dev, info := Swtpm(t)
+			return dev, func() { ClearSwtpm(t, info) }
+		}},
+	}
+}
