@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/dps"
 )
 
 // maxDPSBody bounds a registration request: the EK and SRK are a few
@@ -170,12 +172,13 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 		return errorf(http.StatusNotFound, codeNotFound, "no such resource: %s", r.URL.Path)
 	case !strings.EqualFold(route.idScope, s.idScope):
 		return errorf(http.StatusNotFound, codeNotFound, "unknown ID scope %q", route.idScope)
-	case !validRegistrationID(route.regID):
-		return errorf(http.StatusBadRequest, codeBadRequest, "invalid registration ID %q", route.regID)
 	case route.opID == "" && r.Method != http.MethodPut:
 		return errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "register takes PUT, not %s", r.Method)
 	case route.opID != "" && r.Method != http.MethodGet:
 		return errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "operations take GET, not %s", r.Method)
+	}
+	if err := dps.ValidRegistrationID(route.regID); err != nil {
+		return errorf(http.StatusBadRequest, codeBadRequest, "%v", err)
 	}
 	now := time.Now()
 	auth := r.Header.Get("Authorization")

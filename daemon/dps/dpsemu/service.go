@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/hub/hubemu"
 	"github.com/dpsd-project/dpsd/daemon/sas"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
@@ -94,25 +95,6 @@ type service struct {
 // regKey is the map key of a registration ID: DPS treats them
 // case-insensitively.
 func regKey(id string) string { return strings.ToLower(id) }
-
-// validRegistrationID applies DPS's rule: up to 128 alphanumerics and
-// `: . _ -`, not starting or ending with a special character.
-func validRegistrationID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if alnum {
-			continue
-		}
-		if i == 0 || i == len(id)-1 || !strings.ContainsRune(":._-", rune(c)) {
-			return false
-		}
-	}
-	return true
-}
 
 // repopulateHub gives hubemu every device identity the registry holds,
 // after a restart.
@@ -501,9 +483,10 @@ func (s *service) putEnrollment(pathID string, e Enrollment, now time.Time) (Enr
 	if e.RegistrationID == "" {
 		e.RegistrationID = pathID
 	}
+	if err := dps.ValidRegistrationID(pathID); err != nil {
+		return Enrollment{}, false, fmt.Errorf("%w: %v", errEnrollment, err)
+	}
 	switch {
-	case !validRegistrationID(pathID):
-		return Enrollment{}, false, fmt.Errorf("%w: registration ID %q: up to 128 letters, digits and \":._-\", not starting or ending with a special character", errEnrollment, pathID)
 	case !strings.EqualFold(e.RegistrationID, pathID):
 		return Enrollment{}, false, fmt.Errorf("%w: registrationId %q differs from the path's %q", errEnrollment, e.RegistrationID, pathID)
 	case !strings.EqualFold(e.Attestation.Type, "tpm") || e.Attestation.TPM == nil:
