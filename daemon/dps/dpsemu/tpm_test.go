@@ -140,24 +140,10 @@ func connectWith(t *testing.T, e *env, hub, deviceID, password string) byte {
 // TPM, the device registers again under its unchanged EK and keeps its
 // device ID.
 func TestTPMExchange(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		// open returns a fresh TPM and a function that clears it as its
-		// owner would.
-		open func(t *testing.T) (*tpmdev.Device, func())
-	}{
-		{"simulator", func(t *testing.T) (*tpmdev.Device, func()) {
-			dev := tpmtest.Simulator(t)
-			return dev, func() { tpmtest.ClearSimulator(t, dev) }
-		}},
-		{"swtpm", func(t *testing.T) (*tpmdev.Device, func()) {
-			dev, info := tpmtest.Swtpm(t)
-			return dev, func() { tpmtest.ClearSwtpm(t, info) }
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range tpmtest.Backends() {
+		t.Run(tc.Name, func(t *testing.T) {
 			e := newEnv(t, nil)
-			dev, clear := tc.open(t)
+			dev, clear := tc.Open(t)
 			d := newTPMDevice(t, dev)
 			e.admin(http.MethodPut, "/enrollments/"+d.regID, map[string]any{
 				"registrationId": d.regID,
