@@ -106,13 +106,8 @@ func slowloris(path string, n int) int {
 	return 0
 }
 
-// helper starts the test binary as a helper under uid.
-func helper(t *testing.T, uid int, mode, socket string, count int) *exec.Cmd {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+// helper starts the test binary exe as a helper under uid.
+func helper(exe string, uid int, mode, socket string, count int) *exec.Cmd {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperSocketEnv+"="+socket, helperCountEnv+"="+strconv.Itoa(count))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
@@ -125,12 +120,7 @@ func helper(t *testing.T, uid int, mode, socket string, count int) *exec.Cmd {
 // other users from being served.
 func TestHostileClients(t *testing.T) {
 	requireRoot(t)
-	// The test binary must be executable by the helpers' uids.
-	if exe, err := os.Executable(); err == nil {
-		if err := exec.Command("/bin/sh", "-c", `d="$1"; while [ "$d" != / ]; do chmod o+x "$d"; d=$(dirname "$d"); done`, "sh", exe).Run(); err != nil {
-			t.Fatalf("making the test binary reachable: %v", err)
-		}
-	}
+	exe := localapitest.ExecutableForAll(t)
 	b := localapitest.NewBackend(provisionedStatus())
 	srv := localapi.New(b, localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})
 	srv.SetLimits(64, perUIDCap, 5*time.Second)
@@ -139,7 +129,7 @@ func TestHostileClients(t *testing.T) {
 
 	// Slowloris from nobody: only perUIDCap connections are accepted, the
 	// rest are refused at once.
-	slow := helper(t, nobodyUID, "slowloris", path, slowClient)
+	slow := helper(exe, nobodyUID, "slowloris", path, slowClient)
 	out, err := slow.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +146,7 @@ func TestHostileClients(t *testing.T) {
 	if _, err := c.Status(context.Background()); err != nil {
 		t.Errorf("root's status during slowloris: %v", err)
 	}
-	tok := helper(t, daemonUID, "token", path, 0)
+	tok := helper(exe, daemonUID, "token", path, 0)
 	if got, err := tok.Output(); err != nil || !strings.Contains(string(got), "token for dev-1") {
 		t.Errorf("another user's token during slowloris: %q, %v", got, err)
 	}

@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+)
+
+func tokenCommand() command {
+	return command{
+		name:    "token",
+		args:    "[--ttl D] [--json] [--config F] [--socket PATH]",
+		summary: "Print a hub SAS token signed in the TPM, for apps on the device (root and [token] allow only).",
+		client:  true,
+		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
+			ttl := fs.Duration("ttl", 0, "lifetime of the token, at most [token] max_ttl (0: the daemon's default, 1h)")
+			asJSON := fs.Bool("json", false, "print the token with its hub, device ID and expiry as JSON")
+			return func(ctx context.Context) int {
+				if *ttl < 0 {
+					fmt.Fprintln(e.stderr, "dpsd token: --ttl must not be negative")
+					return ExitUsage
+				}
+				ctx, cancel := context.WithTimeout(ctx, callTimeout)
+				defer cancel()
+				tok, err := e.client().Token(ctx, *ttl)
+				if err != nil {
+					return e.fail("token", err)
+				}
+				if *asJSON {
+					return e.printJSON("token", tok)
+				}
+				fmt.Fprintln(e.stdout, tok.SAS)
+				return ExitOK
+			}
+		},
+	}
+}
+
+func reprovisionCommand() command {
+	return command{
+		name:    "reprovision",
+		args:    "[--config F] [--socket PATH]",
+		summary: "Force a new registration with DPS (reason: requested); root only. The old identity keeps working until the new one is assigned.",
+		client:  true,
+		setup: func(_ *flag.FlagSet, e *env) func(context.Context) int {
+			return func(ctx context.Context) int {
+				ctx, cancel := context.WithTimeout(ctx, callTimeout)
+				defer cancel()
+				st, err := e.client().Reprovision(ctx)
+				if err != nil {
+					return e.fail("reprovision", err)
+				}
+				fmt.Fprintf(e.stdout, "re-provisioning requested (state: %s); follow it with: dpsd wait\n", st.State)
+				return ExitOK
+			}
+		},
+	}
+}
