@@ -1,0 +1,164 @@
+// Package daemon wires `dpsd run`: config, state, TPM, the DPS client, the
+// phase machine, the hub client and the status socket, with systemd told
+// what happens (READY once the TPM and the socket are up, STATUS on every
+// phase, STOPPING on shutdown).
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/check"
+	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/localapi"
+	"github.com/dpsd-project/dpsd/daemon/provision"
+	"github.com/dpsd-project/dpsd/daemon/sdnotify"
+	"github.com/dpsd-project/dpsd/daemon/state"
+	"github.com/dpsd-project/dpsd/daemon/version"
+	"github.com/dpsd-project/dpsd/tpmdev"
+)
+
+// Run is `dpsd run`: it serves until ctx is cancelled (SIGTERM) and returns
+// nil then. It returns an error only for what a restart cannot fix by
+// itself: a bad config or a status socket it cannot create.
+func Run(ctx context.Context, configPath string, log *slog.Logger) error {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return err
+	}
+	roots, err := TrustAnchors(cfg.Network.CAFile)
+	if err != nil {
+		return err
+	}
+	client, err := dps.NewClient(dps.ClientConfig{
+		Endpoint:   cfg.Provisioning.GlobalEndpoint,
+		IDScope:    cfg.Provisioning.IDScope,
+		APIVersion: cfg.Provisioning.APIVersion,
+		RootCAs:    roots,
+		Proxy:      cfg.Network.Proxy,
+		Timeout:    cfg.Network.Timeout,
+		Log:        log,
+	})
+	if err != nil {
+		return fmt.Errorf("setting up the DPS client: %w", err)
+	}
+	notify := sdnotify.New(log)
+	store := &state.Store{Dir: cfg.State.Dir}
+
+	ln, err := localapi.Listen(cfg.Status.Socket, cfg.Status.Group, localapi.SocketMode(cfg.Token.Allow))
+	if err != nil {
+		return fmt.Errorf("opening the status socket: %w", err)
+	}
+
+	engine := provision.New(provision.Options{
+		Config:  cfg,
+		Store:   store,
+		OpenTPM: func() (*tpmdev.Device, error) { return tpmdev.Open(cfg.TPM.Device, log) },
+		DPS:     client,
+		Hub:     &provision.HubOptions{Endpoint: cfg.Hub.EndpointOverride, RootCAs: roots},
+		OnPhase: notify.Status,
+		OnReady: notify.Ready,
+		Log:     log,
+	})
+	srv := localapi.New(&backend{Engine: engine, cfg: cfg, configPath: configPath}, localapi.Options{
+		SocketGroup: cfg.Status.Group,
+		TokenAllow:  cfg.Token.Allow,
+		MaxTTL:      cfg.Token.MaxTTL,
+		Log:         log,
+	})
+
+	log.Info("dpsd starting", "config", configPath, "tpm", cfg.TPM.Device, "state_dir", cfg.State.Dir, "socket", cfg.Status.Socket)
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	wg.Go(func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			errs <- fmt.Errorf("serving the status socket: %w", err)
+		}
+	})
+	wg.Go(func() { _ = engine.Run(ctx) })
+	wg.Go(func() { notify.Watchdog(ctx) })
+
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	notify.Stopping()
+	log.Info("dpsd stopping")
+	wg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// TrustAnchors is the system's roots plus the PEM file from [network]
+// ca_file, if any.
+func TrustAnchors(caFile string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if caFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading [network] ca_file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("[network] ca_file %s holds no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
+// backend is what the status socket serves: the engine plus the
+// diagnostics.
+type backend struct {
+	*provision.Engine
+	cfg        *config.Config
+	configPath string
+}
+
+var _ localapi.Backend = (*backend)(nil)
+
+// Reprovision is a technician's request (POST /v1/reprovision).
+func (b *backend) Reprovision(context.Context) error {
+	b.Engine.Reprovision(apitype.ReasonRequested)
+	return nil
+}
+
+// Token signs a hub token for an app on the device.
+func (b *backend) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
+	tok, err := b.Engine.Token(ctx, ttl)
+	if errors.Is(err, provision.ErrNotProvisioned) {
+		err = fmt.Errorf("%w: %w", localapi.ErrNotProvisioned, err)
+	}
+	return tok, err
+}
+
+// Check runs the diagnostics on the daemon's own TPM connection (a second
+// opener could not share swtpm, and would race the engine on a device).
+func (b *backend) Check(ctx context.Context) apitype.CheckReport {
+	env := check.Env{
+		ConfigPath:  b.configPath,
+		Config:      b.cfg,
+		IdentityKey: b.Engine.CheckIdentity,
+		AssignedHub: b.Engine.Status().AssignedHub,
+		ServiceUser: "dpsd",
+		BuildTime:   version.BuildTime(),
+	}
+	if dev := b.Engine.TPM(); dev != nil {
+		env.TPM = dev
+	} else {
+		env.TPMErr = errors.New("the daemon has not opened the TPM yet")
+	}
+	return check.Run(ctx, env)
+}

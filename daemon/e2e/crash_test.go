@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+)
+
+// consistent checks that the record names exactly the identity on disk and
+// that no staged key is left over.
+func consistent(t *testing.T, d *device) {
+	t.Helper()
+	key, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
+	if err != nil {
+		t.Fatalf("identity.key: %v", err)
+	}
+	sum := sha256.Sum256(key)
+	if got := d.record()["identityDigest"]; got != hex.EncodeToString(sum[:]) {
+		t.Errorf("state.json names identity %v, identity.key is %x", got, sum)
+	}
+	if _, err := os.Stat(filepath.Join(d.state, "identity.key.new")); !os.IsNotExist(err) {
+		t.Errorf("a staged identity was left behind (stat: %v)", err)
+	}
+}
+
+// TestKilledDuringRegistration cuts the power while the daemon waits for
+// DPS at each step of a registration; the next start must converge.
+func TestKilledDuringRegistration(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		faults map[string]any
+		during apitype.State
+	}{
+		// The challenge is imported, the authenticated PUT is in flight.
+		{"after the challenge import", map[string]any{"latency": "2s"}, apitype.StateRegistering},
+		// The registration was accepted; DPS is still assigning.
+		{"after the second PUT", map[string]any{"assignAfterPolls": 5}, apitype.StateAssigning},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emu := startEmulator(t, t.TempDir(), "")
+			d := newDevice(t, emu, "")
+			d.enroll(nil)
+			emu.faults(tc.faults)
+			d.start()
+			d.waitFor(string(tc.during), func(s apitype.Status) bool { return s.State == tc.during })
+			d.kill()
+
+			emu.faults(map[string]any{})
+			d.start()
+			s := d.waitProvisioned()
+			consistent(t, d)
+			s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
+			if s.Hub.Result != "ok" {
+				t.Errorf("the hub does not accept the converged identity: %+v", s.Hub)
+			}
+		})
+	}
+}
+
+// TestInterruptedSwitch puts the disk in the two states a power cut
+// between "assigned" and the end of the switch can leave, and checks that
+// the next start converges without a new registration.
+func TestInterruptedSwitch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, key, staged string)
+	}{
+		{"staged key not yet named by the record", func(t *testing.T, key, staged string) {
+			// The new key was written, the record not: the old key stays.
+			if err := os.WriteFile(staged, []byte("a key from a registration that never finished"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"record names the staged key", func(t *testing.T, key, staged string) {
+			// The record was saved, the rename did not happen.
+			if err := os.Rename(key, staged); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(key, []byte("the previous identity"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+			d.stop()
+			tc.setup(t, filepath.Join(d.state, "identity.key"), filepath.Join(d.state, "identity.key.new"))
+			before := emu.stats()["total"]
+			d.start()
+			again := d.waitProvisioned()
+			if again.Reason != s.Reason || emu.stats()["total"] != before {
+				t.Errorf("the start registered again (reason %s, %d requests)", again.Reason, emu.stats()["total"]-before)
+			}
+			consistent(t, d)
+			if _, errOut, code := d.cli("token", "--socket", d.socket); code != 0 {
+				t.Errorf("no working identity after the switch: %s", errOut)
+			}
+		})
+	}
+}

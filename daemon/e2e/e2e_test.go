@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
+)
+
+// provisioned starts an emulator and a device, enrolls it and waits until
+// the daemon is provisioned.
+func provisioned(t *testing.T, extra string) (*emulator, *device, apitype.Status) {
+	t.Helper()
+	emu := startEmulator(t, t.TempDir(), "")
+	d := newDevice(t, emu, extra)
+	d.enroll(nil)
+	d.start()
+	return emu, d, d.waitProvisioned()
+}
+
+// hubDevice is the hub identity as the emulator's admin API shows it.
+type hubDevice struct {
+	DeviceID        string         `json:"deviceId"`
+	Status          string         `json:"status"`
+	ConnectionState string         `json:"connectionState"`
+	Reported        map[string]any `json:"reported"`
+}
+
+func TestFirstBootThenWarmRestart(t *testing.T) {
+	emu, d, s := provisioned(t, "")
+	if s.Reason != apitype.ReasonFirstBoot || s.DeviceID == "" || s.AssignedHub == "" {
+		t.Fatalf("first boot status: %+v", s)
+	}
+	// The hub accepted a CONNECT signed in the TPM: the daemon's check
+	// reported its twin properties, which only a connected device can do.
+	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
+	if s.Hub.Result != "ok" {
+		t.Fatalf("hub check: %+v", s.Hub)
+	}
+	var hd hubDevice
+	if code := emu.call("GET", "/devices/"+s.DeviceID, nil, &hd); code != 200 {
+		t.Fatalf("GET device: %d", code)
+	}
+	rep, _ := hd.Reported["dpsd"].(map[string]any)
+	if rep["registrationId"] != s.RegistrationID || rep["ekDigest"] != s.TPM.EKDigest {
+		t.Errorf("twin reported properties %v, want registration %s and EK digest %s", hd.Reported, s.RegistrationID, s.TPM.EKDigest)
+	}
+
+	d.stop()
+	before := emu.stats()
+	snap := fileSnapshot(t, d.state)
+	d.writeConfig("[hub]\nverify = false\n") // the hub check is not part of a warm start
+	d.start()
+	warm := d.waitProvisioned()
+	if warm.DeviceID != s.DeviceID || warm.AssignedHub != s.AssignedHub {
+		t.Errorf("warm start changed the identity: %+v, was %+v", warm, s)
+	}
+	if after := emu.stats(); after["total"] != before["total"] {
+		t.Errorf("warm start sent %d DPS requests, want 0", after["total"]-before["total"])
+	}
+	if after := fileSnapshot(t, d.state); !reflect.DeepEqual(after, snap) {
+		t.Errorf("warm start wrote files:\nbefore %v\nafter  %v", snap, after)
+	}
+}
+
+func TestClearedWhileStopped(t *testing.T) {
+	_, d, s := provisioned(t, "[hub]\nverify = false\n")
+	oldSRK := d.record()["srkName"]
+	d.stop()
+
+	tpmtest.ClearSwtpm(t, d.tpm) // tpm2_clear -c p, as an owner would
+	d.start()
+	again := d.waitFor("re-provisioned after the clear", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonTPMCleared
+	})
+	if again.DeviceID != s.DeviceID {
+		t.Errorf("device ID changed across the clear: %s, was %s", again.DeviceID, s.DeviceID)
+	}
+	if rec := d.record(); rec["srkName"] == oldSRK || rec["reason"] != "tpm-cleared" {
+		t.Errorf("state after the clear: srkName %v (was %v), reason %v", rec["srkName"], oldSRK, rec["reason"])
+	}
+}
+
+func TestClearedWhileRunning(t *testing.T) {
+	_, d, s := provisioned(t, "[hub]\nverify = false\n")
+	tpmtest.ClearSwtpm(t, d.tpm)
+	again := d.waitFor("re-provisioned without a restart", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonTPMCleared
+	})
+	if again.DeviceID != s.DeviceID || again.TPM.SRKName == s.TPM.SRKName {
+		t.Errorf("after the clear: %+v; before: %+v", again, s)
+	}
+}
+
+func TestDPSDownAtFirstBoot(t *testing.T) {
+	// Reserve a port for DPS, start the device while nothing listens there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().String()
+	l.Close()
+
+	emuDir := t.TempDir()
+	emu := startEmulator(t, emuDir, port)
+	d := newDevice(t, emu, "[hub]\nverify = false\n")
+	d.enroll(nil)
+	emu.stop()
+
+	d.start()
+	down := d.waitFor("a failed attempt", func(s apitype.Status) bool { return s.State == apitype.StateFailed && s.LastError != nil })
+	if down.NextAttemptAt == nil {
+		t.Errorf("failed without a next attempt: %+v", down)
+	}
+	startEmulator(t, emuDir, port) // same dir: keeps the enrollment and CA
+	d.waitProvisioned()
+	if !d.running() {
+		t.Fatal("dpsd exited while DPS was down")
+	}
+}
+
+func TestThrottlingAndServerErrorsAreRetried(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	d := newDevice(t, emu, "[hub]\nverify = false\n")
+	d.enroll(nil)
+	emu.faults(map[string]any{"throttle": 1, "retryAfter": 1, "serverErrors": 1})
+	d.start()
+	d.waitProvisioned()
+	logs := d.log.String()
+	for _, want := range []string{"429", "503"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log does not show the %s answer:\n%s", want, logs)
+		}
+	}
+	if st := emu.stats(); st["throttled"] < 1 || st["server_error"] < 1 {
+		t.Errorf("emulator stats %v: faults not exercised", st)
+	}
+}
+
+func TestFailedReregistrationKeepsIdentity(t *testing.T) {
+	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+	key := filepath.Join(d.state, "identity.key")
+	old, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu.faults(map[string]any{"garbleKey": true})
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	d.waitFor("the failed re-registration", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	now, err := os.ReadFile(key)
+	if err != nil || string(now) != string(old) {
+		t.Fatalf("identity.key changed by a failed registration (err %v)", err)
+	}
+	// The old identity still signs tokens the hub accepts.
+	out, errOut, code := d.cli("token", "--json", "--socket", d.socket)
+	if code != 0 || !strings.Contains(out, "SharedAccessSignature") {
+		t.Fatalf("dpsd token after a failed re-registration: %d %s %s", code, out, errOut)
+	}
+	_ = s
+}
+
+func TestBadInputIsReportedNotFatal(t *testing.T) {
+	t.Run("corrupt state.json", func(t *testing.T) {
+		emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+		d.stop()
+		if err := os.WriteFile(filepath.Join(d.state, "state.json"), []byte("{not json"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_ = emu
+		d.start()
+		again := d.waitProvisioned()
+		if again.DeviceID != s.DeviceID {
+			t.Errorf("device ID %s, want %s", again.DeviceID, s.DeviceID)
+		}
+		if !strings.Contains(d.log.String(), "state") {
+			t.Errorf("the corrupt state was not reported:\n%s", d.log)
+		}
+	})
+	t.Run("truncated identity.key", func(t *testing.T) {
+		_, d, _ := provisioned(t, "[hub]\nverify = false\n")
+		d.stop()
+		if err := os.WriteFile(filepath.Join(d.state, "identity.key"), []byte{0, 1}, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d.start()
+		d.waitProvisioned()
+		if !strings.Contains(d.log.String(), "identity key") {
+			t.Errorf("the bad identity key was not reported:\n%s", d.log)
+		}
+	})
+	t.Run("bad config", func(t *testing.T) {
+		emu := startEmulator(t, t.TempDir(), "")
+		d := newDevice(t, emu, "[tpm]\nownership = \"tak\"\n")
+		_, errOut, code := d.cli("run", "--config", d.cfgPath)
+		if code == 0 || !strings.Contains(errOut, "50-test.toml") || !strings.Contains(errOut, "ownership") {
+			t.Errorf("bad config: exit %d, stderr %q; want a failure naming the file and key", code, errOut)
+		}
+	})
+}

@@ -1,0 +1,71 @@
+package provision
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/sas"
+	"github.com/dpsd-project/dpsd/tpmdev"
+)
+
+// Token returns a hub SAS token for apps on the device, signed in the TPM
+// with the hub identity: the key itself never leaves the TPM. ttl must
+// already be bounded by the caller's policy.
+func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
+	id := e.currentIdentity()
+	if id == nil {
+		return apitype.Token{}, ErrNotProvisioned
+	}
+	expiry := e.now().Add(ttl).Truncate(time.Second)
+	tok, err := sas.New(ctx, id.hub+"/devices/"+id.deviceID, expiry, "", e.signer(e.device(), id.key))
+	if err != nil {
+		return apitype.Token{}, fmt.Errorf("signing a hub token in the TPM: %w", err)
+	}
+	return apitype.Token{SAS: tok, Hub: id.hub, DeviceID: id.deviceID, ExpiresAt: expiry.UTC()}, nil
+}
+
+// EnrollInfo returns what an operator enters in a DPS individual
+// enrollment for this device.
+func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
+	e.mu.Lock()
+	ek, dev := e.ekPublic, e.dev
+	e.mu.Unlock()
+	if ek == nil || dev == nil {
+		return apitype.EnrollInfo{}, fmt.Errorf("the TPM is not ready yet (state %s)", e.Status().State)
+	}
+	info := apitype.EnrollInfo{
+		RegistrationID: e.cfg.Provisioning.RegistrationID,
+		EndorsementKey: base64.StdEncoding.EncodeToString(ek),
+	}
+	if info.RegistrationID == "" {
+		info.RegistrationID = dps.RegistrationID(ek)
+	}
+	cert, err := dev.EKCertificate(ctx)
+	if err != nil {
+		return info, fmt.Errorf("reading the EK certificate: %w", err)
+	}
+	if cert != nil {
+		info.EKCertificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert}))
+	}
+	return info, nil
+}
+
+// TPM is the engine's TPM, nil until it is open. Its methods are safe to
+// call concurrently with the engine's.
+func (e *Engine) TPM() *tpmdev.Device { return e.device() }
+
+// CheckIdentity proves that the hub identity still loads in the TPM. Its
+// error wraps fs.ErrNotExist when there is none yet.
+func (e *Engine) CheckIdentity(ctx context.Context) error {
+	id := e.currentIdentity()
+	if id == nil {
+		return fmt.Errorf("no hub identity yet: %w", fs.ErrNotExist)
+	}
+	return e.device().LoadCheck(ctx, id.key)
+}

@@ -1,0 +1,356 @@
+// Package provision is the daemon's phase machine: it brings the TPM into
+// shape (EK, ownership, SRK), provisions the device with DPS, keeps the hub
+// identity, and provisions again when the TPM is cleared, the provisioning
+// config changes, the hub rejects the device or a technician asks.
+//
+// One goroutine (Run) owns every transition; the status API reads a copy of
+// the status under a mutex and asks for work through channels.
+package provision
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/state"
+	"github.com/dpsd-project/dpsd/daemon/version"
+	"github.com/dpsd-project/dpsd/tpmdev"
+)
+
+// Options wire an Engine. Config, Store, OpenTPM, DPS and Log are required.
+type Options struct {
+	Config *config.Config
+	Store  *state.Store
+	// OpenTPM opens the configured TPM; an error that wraps fs.ErrNotExist
+	// means the device has not appeared yet (udev may be late).
+	OpenTPM func() (*tpmdev.Device, error)
+	DPS     DPS
+	// Hub says how to reach the assigned hub; nil never connects to it.
+	Hub *HubOptions
+	// OnPhase is called on every phase change with words for a technician
+	// (systemd STATUS=); may be nil.
+	OnPhase func(text string)
+	// OnReady is called once, when the TPM is usable and the device's
+	// identity is known to work or is being obtained; may be nil.
+	OnReady func()
+	Log     *slog.Logger
+	Retry   Retry
+	// Now is the wall clock; tests may move it.
+	Now func() time.Time
+}
+
+// Engine is the phase machine. Create it with New and start it with Run.
+type Engine struct {
+	o   Options
+	cfg *config.Config
+	log *slog.Logger
+
+	requests chan apitype.Reason
+
+	mu       sync.Mutex
+	status   apitype.Status
+	dev      *tpmdev.Device
+	identity *identity // the committed, working hub identity; nil when none
+	// clockOffset corrects a wrong system clock with the DPS server's Date.
+	clockOffset time.Duration
+	ekPublic    []byte // the EK's TPM2B_PUBLIC, once read
+	readyOnce   sync.Once
+
+	// Hub bookkeeping. hubVerified is the identity the hub last accepted;
+	// session belongs to Run's goroutine; the rejection counters are
+	// shared with the session goroutine and guarded by mu.
+	hubVerified   *identity
+	session       *session
+	hubRejections int
+	nextHubRetry  time.Time
+}
+
+// identity is what signs hub tokens: the SRK-wrapped HMAC key and where it
+// is valid.
+type identity struct {
+	key      *tpmdev.WrappedKey
+	hub      string
+	deviceID string
+}
+
+// New returns an Engine in state "starting".
+func New(o Options) *Engine {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Retry == (Retry{}) {
+		o.Retry = DefaultRetry
+	}
+	e := &Engine{
+		o:        o,
+		cfg:      o.Config,
+		log:      o.Log,
+		requests: make(chan apitype.Reason, 1),
+	}
+	e.status = apitype.Status{
+		State:   apitype.StateStarting,
+		IDScope: o.Config.Provisioning.IDScope,
+		Version: version.Version,
+	}
+	return e
+}
+
+// Status returns a snapshot of the daemon's status.
+func (e *Engine) Status() apitype.Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.status
+	if e.dev != nil {
+		s.TPM.Commands = e.dev.Stats().Total
+	}
+	return s
+}
+
+// Reprovision asks for a new registration with the given reason. It does not
+// wait; the status shows the progress.
+func (e *Engine) Reprovision(reason apitype.Reason) {
+	select {
+	case e.requests <- reason:
+	default: // one is already pending; it does the same work
+	}
+}
+
+// now is the corrected wall clock.
+func (e *Engine) now() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.o.Now().Add(e.clockOffset)
+}
+
+func (e *Engine) setPhase(s apitype.State, text string) {
+	e.mu.Lock()
+	changed := e.status.State != s
+	e.status.State = s
+	e.mu.Unlock()
+	if changed {
+		e.log.Info("phase", "state", string(s), "detail", text)
+	}
+	if e.o.OnPhase != nil {
+		e.o.OnPhase(text)
+	}
+}
+
+func (e *Engine) update(f func(s *apitype.Status)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f(&e.status)
+}
+
+func (e *Engine) ready() {
+	e.readyOnce.Do(func() {
+		if e.o.OnReady != nil {
+			e.o.OnReady()
+		}
+	})
+}
+
+// Run drives the device to provisioned and keeps it there until ctx ends.
+// It returns nil on cancellation; it never gives up because DPS is down.
+func (e *Engine) Run(ctx context.Context) error {
+	rec := e.loadRecord()
+	dev, err := e.waitForTPM(ctx)
+	if err != nil {
+		return nil // cancelled
+	}
+	defer dev.Close()
+	defer e.stopSession()
+
+	reason := apitype.Reason("")
+	failures := 0
+	for {
+		err := e.converge(ctx, dev, &rec, reason)
+		reason = ""
+		if ctx.Err() != nil {
+			return nil
+		}
+		var wait time.Duration
+		if err != nil {
+			failures++
+			wait = e.fail(err, failures)
+		} else {
+			failures = 0
+			e.update(func(s *apitype.Status) { s.LastError = nil; s.NextAttemptAt = nil })
+			if r := e.checkHub(ctx, &rec); r != "" {
+				reason = r
+				continue
+			}
+			wait = e.cfg.TPM.CheckInterval
+		}
+		// The TPM must be usable by now, or we are waiting for a retry
+		// anyway: either way systemd may consider the service started.
+		e.ready()
+		select {
+		case <-ctx.Done():
+			return nil
+		case reason = <-e.requests:
+			e.log.Info("reprovisioning requested", "reason", string(reason))
+		case <-time.After(wait):
+		}
+	}
+}
+
+// fail records a failed attempt and returns how long to wait before the
+// next one.
+func (e *Engine) fail(err error, n int) time.Duration {
+	perm := isPermanent(err)
+	wait := e.o.Retry.Delay(n, retryAfter(err), perm)
+	next := e.o.Now().Add(wait).UTC().Truncate(time.Second)
+	msg := err.Error()
+	st := apitype.StateFailed
+	if errors.Is(err, ErrDisabled) {
+		st = apitype.StateDisabled
+	}
+	e.update(func(s *apitype.Status) {
+		s.LastError = &msg
+		s.NextAttemptAt = &next
+	})
+	e.setPhase(st, fmt.Sprintf("%s: %s; next attempt %s", st, msg, next.Format(time.RFC3339)))
+	e.log.Error("provisioning failed", "attempt", n, "permanent", perm, "retry_in", wait.Round(time.Second).String(), "err", err)
+	return wait
+}
+
+// loadRecord reads the provisioning record and finishes or undoes an
+// identity switch that a crash interrupted.
+func (e *Engine) loadRecord() state.State {
+	rec, found, err := e.o.Store.Load()
+	if err != nil {
+		e.log.Error("state file unusable: treating the device as fresh", "dir", e.cfg.State.Dir, "err", err)
+		return state.State{}
+	}
+	if !found {
+		return state.State{}
+	}
+	staged, err := e.o.Store.LoadStaged()
+	if err == nil && staged != nil {
+		// The record names the identity it belongs to: if it names the
+		// staged one, the crash came after the record was saved and the
+		// switch must be finished; otherwise the staged key never made it.
+		if rec.IdentityDigest == digest(staged) {
+			err = e.o.Store.CommitIdentity()
+			e.log.Info("finished an interrupted identity switch", "err", err)
+		} else {
+			err = e.o.Store.DiscardStaged()
+			e.log.Info("discarded an identity from an interrupted registration", "err", err)
+		}
+	}
+	e.update(func(s *apitype.Status) {
+		s.RegistrationID = rec.RegistrationID
+		s.AssignedHub = rec.AssignedHub
+		s.DeviceID = rec.DeviceID
+		s.Reason = apitype.Reason(rec.Reason)
+		if !rec.ProvisionedAt.IsZero() {
+			t := rec.ProvisionedAt
+			s.ProvisionedAt = &t
+		}
+	})
+	return rec
+}
+
+func digest(b []byte) string {
+	d := sha256.Sum256(b)
+	return hex.EncodeToString(d[:])
+}
+
+// converge brings the device to provisioned. reason, when set, forces a new
+// registration.
+func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.State, reason apitype.Reason) error {
+	keys, err := e.setupTPM(ctx, dev)
+	if err != nil {
+		return err
+	}
+	fp := keys.fingerprint()
+	e.update(func(s *apitype.Status) {
+		s.TPM.EKDigest = fp.ekDigest
+		s.TPM.SRKName = fp.srkName
+	})
+
+	if reason == "" {
+		reason, err = e.needsRegistration(ctx, dev, rec, fp)
+		if err != nil {
+			return err
+		}
+	}
+	if reason == "" {
+		e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+		return nil
+	}
+	e.update(func(s *apitype.Status) { s.Reason = reason; s.Attempts++ })
+	e.log.Info("registration started", "reason", string(reason))
+	start := e.o.Now()
+	if err := e.register(ctx, dev, keys, rec, reason); err != nil {
+		return fmt.Errorf("registering with DPS (%s): %w", reason, err)
+	}
+	e.log.Info("registration finished", "reason", string(reason), "hub", rec.AssignedHub,
+		"device_id", rec.DeviceID, "took", e.o.Now().Sub(start).Round(time.Millisecond).String())
+	e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+	return nil
+}
+
+// needsRegistration compares what the device is with what it was
+// provisioned as, and proves the stored identity still loads. An empty
+// reason means the device is provisioned and nothing needs doing.
+func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec *state.State, fp fingerprint) (apitype.Reason, error) {
+	switch {
+	case rec.RegistrationID == "":
+		return apitype.ReasonFirstBoot, nil
+	case rec.EKDigest != fp.ekDigest:
+		return "", ErrTPMReplaced
+	case rec.SRKName != fp.srkName:
+		e.log.Warn("TPM cleared: the SRK changed", "recorded", rec.SRKName, "now", fp.srkName)
+		return apitype.ReasonTPMCleared, nil
+	case rec.ConfigFingerprint != e.cfg.ProvisioningFingerprint():
+		return apitype.ReasonConfigChanged, nil
+	}
+	if cur := e.currentIdentity(); cur != nil {
+		return "", nil // proven already in this process
+	}
+	raw, err := e.o.Store.LoadIdentity()
+	if err != nil {
+		e.log.Error("identity key unusable: registering again", "err", err)
+		return apitype.ReasonFirstBoot, nil
+	}
+	key := new(tpmdev.WrappedKey)
+	if err := key.UnmarshalBinary(raw); err != nil {
+		e.log.Error("identity key corrupt: registering again", "err", err)
+		return apitype.ReasonFirstBoot, nil
+	}
+	if err := dev.LoadCheck(ctx, key); err != nil {
+		if errors.Is(err, tpmdev.ErrKeyInvalidated) {
+			e.log.Warn("TPM cleared: the identity key no longer loads")
+			return apitype.ReasonTPMCleared, nil
+		}
+		return "", fmt.Errorf("loading the identity key: %w", err)
+	}
+	e.setIdentity(&identity{key: key, hub: rec.AssignedHub, deviceID: rec.DeviceID})
+	return "", nil
+}
+
+func (e *Engine) device() *tpmdev.Device {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dev
+}
+
+func (e *Engine) currentIdentity() *identity {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.identity
+}
+
+func (e *Engine) setIdentity(id *identity) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.identity = id
+}

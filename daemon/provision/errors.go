@@ -1,0 +1,29 @@
+package provision
+
+import "errors"
+
+// Sentinels callers and the status API branch on.
+var (
+	// ErrNotProvisioned: the device has no working hub identity yet.
+	ErrNotProvisioned = errors.New("the device is not provisioned yet")
+	// ErrTPMReplaced: the EK differs from the one the device was provisioned
+	// with. A new TPM needs a new enrollment; dpsd never re-enrolls silently.
+	ErrTPMReplaced = errors.New("the TPM was replaced (its endorsement key changed): create a new DPS enrollment for this device's new EK (dpsd enroll-info), then run dpsd reprovision")
+	// ErrOwnedByOther: the owner hierarchy has an auth dpsd does not know and
+	// there is no SRK; dpsd never guesses (each guess counts toward lockout).
+	ErrOwnedByOther = errors.New("the TPM is owned by someone else and has no SRK at 0x81000001: clear the TPM (tpm2_clear) or set [tpm] ownership = \"shared\" with owner_auth_file")
+	// ErrDisabled: DPS says the enrollment is disabled.
+	ErrDisabled = errors.New("DPS reports the enrollment as disabled: enable it in the DPS enrollment")
+)
+
+// permanent marks an error that retrying soon will not fix: the state
+// becomes failed (or disabled) and the next attempt is slow.
+type permanent struct{ err error }
+
+func (p permanent) Error() string { return p.err.Error() }
+func (p permanent) Unwrap() error { return p.err }
+
+func isPermanent(err error) bool {
+	var p permanent
+	return errors.As(err, &p) || errors.Is(err, ErrTPMReplaced) || errors.Is(err, ErrOwnedByOther) || errors.Is(err, ErrDisabled)
+}

@@ -1,0 +1,206 @@
+package provision
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/tpmdev"
+)
+
+// tpmKeys is what setupTPM establishes: the EK and SRK publics and the
+// hierarchy auths dpsd may use.
+type tpmKeys struct {
+	ek  tpmdev.EK
+	srk tpmdev.SRK
+	// endorsementAuth is the configured endorsement auth (shared mode).
+	endorsementAuth []byte
+	// ownerAuth returns the owner auth when an operation needs it (it is
+	// unsealed only then: most boots never need it).
+	ownerAuth func(ctx context.Context) ([]byte, error)
+}
+
+// fingerprint identifies the TPM and its owner: a clear changes the SRK,
+// a replacement changes the EK.
+type fingerprint struct {
+	ekDigest string
+	srkName  string
+}
+
+func (k tpmKeys) fingerprint() fingerprint {
+	d := sha256.Sum256(k.ek.Public)
+	return fingerprint{ekDigest: hex.EncodeToString(d[:]), srkName: hex.EncodeToString(k.srk.Name)}
+}
+
+// waitForTPM opens the TPM, waiting for a device that has not appeared yet.
+func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
+	delay := time.Second
+	for {
+		dev, err := e.o.OpenTPM()
+		if err == nil {
+			e.mu.Lock()
+			e.dev = dev
+			e.status.TPM.Device = dev.Path()
+			e.mu.Unlock()
+			return dev, nil
+		}
+		msg := err.Error()
+		e.update(func(s *apitype.Status) { s.LastError = &msg })
+		e.setPhase(apitype.StateWaitingForTPM, "waiting for the TPM: "+msg)
+		if !errors.Is(err, fs.ErrNotExist) {
+			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", err)
+		}
+		// Serve status meanwhile: a technician must see why we wait.
+		e.ready()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+	}
+}
+
+// setupTPM makes sure of the EK, ownership and the SRK, following the
+// configured ownership policy.
+func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, error) {
+	var k tpmKeys
+	var err error
+	shared := e.cfg.TPM.Ownership == "shared"
+	if shared {
+		if k.endorsementAuth, err = readAuthFile(e.cfg.TPM.EndorsementAuthFile); err != nil {
+			return k, permanent{fmt.Errorf("reading the endorsement auth: %w", err)}
+		}
+		owner, err := readAuthFile(e.cfg.TPM.OwnerAuthFile)
+		if err != nil {
+			return k, permanent{fmt.Errorf("reading the owner auth: %w", err)}
+		}
+		k.ownerAuth = func(context.Context) ([]byte, error) { return owner, nil }
+	} else {
+		k.ownerAuth = e.sealedOwnerAuth(dev)
+	}
+
+	ekTemplate := tpmdev.EKTemplateTCG
+	if e.cfg.TPM.EKTemplate == "azure-sdk" {
+		ekTemplate = tpmdev.EKTemplateAzureSDK
+	}
+	// Reading is free; only creating the EK or SRK needs the owner auth,
+	// so ask for it (and unseal it) only then.
+	k.ek, err = dev.ReadEK(ctx)
+	if errors.Is(err, tpmdev.ErrNotFound) {
+		owner, aerr := k.ownerAuth(ctx)
+		if aerr != nil {
+			return k, aerr
+		}
+		k.ek, err = dev.EnsureEK(ctx, ekTemplate, owner, k.endorsementAuth)
+	}
+	if err != nil {
+		return k, fmt.Errorf("ensuring the EK: %w", err)
+	}
+	e.mu.Lock()
+	e.ekPublic = k.ek.Public
+	e.mu.Unlock()
+
+	k.srk, err = dev.ReadSRK(ctx)
+	switch {
+	case err == nil:
+		return k, nil
+	case !errors.Is(err, tpmdev.ErrNotFound):
+		return k, fmt.Errorf("reading the SRK: %w", err)
+	}
+
+	// No SRK: a first boot or a cleared TPM.
+	if shared {
+		owner, _ := k.ownerAuth(ctx)
+		if k.srk, err = dev.EnsureSRK(ctx, owner); err != nil {
+			return k, fmt.Errorf("creating the SRK: %w", err)
+		}
+		return k, nil
+	}
+	own, err := dev.Ownership(ctx)
+	if err != nil {
+		return k, fmt.Errorf("reading the TPM's ownership: %w", err)
+	}
+	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
+	if own.OwnerAuthSet {
+		return k, ErrOwnedByOther
+	}
+	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM and creating the SRK")
+	if k.srk, err = dev.EnsureSRK(ctx, nil); err != nil {
+		return k, fmt.Errorf("creating the SRK: %w", err)
+	}
+	if err := e.takeOwnership(ctx, dev); err != nil {
+		return k, err
+	}
+	k.ownerAuth = e.sealedOwnerAuth(dev)
+	return k, nil
+}
+
+// takeOwnership sets a fresh random owner auth. The sealed copy is written
+// before the TPM's auth changes, so a crash in between leaves an unused
+// file and an unowned TPM (done again at the next start), never an owned
+// TPM whose auth is lost.
+func (e *Engine) takeOwnership(ctx context.Context, dev *tpmdev.Device) error {
+	auth := make([]byte, 32)
+	if _, err := rand.Read(auth); err != nil {
+		return fmt.Errorf("generating the owner auth: %w", err)
+	}
+	sealed, err := dev.Seal(ctx, auth)
+	if err != nil {
+		return fmt.Errorf("sealing the owner auth: %w", err)
+	}
+	if err := e.o.Store.SaveOwnerAuth(sealed); err != nil {
+		return fmt.Errorf("saving the sealed owner auth: %w", err)
+	}
+	if err := dev.SetOwnerAuth(ctx, nil, auth); err != nil {
+		return fmt.Errorf("setting the owner auth: %w", err)
+	}
+	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = true })
+	e.log.Info("took ownership of the TPM", "owner_auth", "sealed under the SRK")
+	return nil
+}
+
+// sealedOwnerAuth returns a function that unseals the owner auth dpsd set,
+// or answers with the empty auth when the TPM has none.
+func (e *Engine) sealedOwnerAuth(dev *tpmdev.Device) func(context.Context) ([]byte, error) {
+	return func(ctx context.Context) ([]byte, error) {
+		own, err := dev.Ownership(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading the TPM's ownership: %w", err)
+		}
+		if !own.OwnerAuthSet {
+			return nil, nil
+		}
+		sealed, err := e.o.Store.LoadOwnerAuth()
+		if err != nil {
+			return nil, fmt.Errorf("%w (reading the sealed owner auth: %v)", ErrOwnedByOther, err)
+		}
+		auth, err := dev.Unseal(ctx, sealed)
+		if err != nil {
+			return nil, fmt.Errorf("%w (unsealing the owner auth: %v)", ErrOwnedByOther, err)
+		}
+		return auth, nil
+	}
+}
+
+// readAuthFile reads a hierarchy auth for shared mode; no file means the
+// empty auth.
+func readAuthFile(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	// Files written with echo end in a newline that is not part of the auth.
+	return bytes.TrimSuffix(b, []byte("\n")), nil
+}
