@@ -148,7 +148,9 @@ func (d *Device) Stats() Stats {
 }
 
 // do runs one operation: it owns the TPM for the length of f and hands f a
-// transport that counts, times and checks ctx before each command.
+// transport that counts, times and checks ctx before each command. A command
+// already sent to a device file runs to its end (the kernel offers no way
+// to abandon it); on a socket, cancelling ctx unblocks the wait.
 func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)

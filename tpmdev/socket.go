@@ -3,7 +3,6 @@ package tpmdev
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,7 +75,7 @@ func (s *simConn) Send(cmd []byte) ([]byte, error) {
 		return nil, fmt.Errorf("reading response trailer: %w", err)
 	}
 	if code := binary.BigEndian.Uint32(hdr[:]); code != 0 {
-		return nil, errors.New("simulator reported failure status " + fmt.Sprint(code))
+		return nil, fmt.Errorf("TPM server reported failure status %d", code)
 	}
 	return rsp, nil
 }
