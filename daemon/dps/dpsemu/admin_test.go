@@ -130,7 +130,7 @@ func TestDirectMethod(t *testing.T) {
 		t.Errorf("offline device: %d %s", r.status, r.body)
 	}
 
-	c, code, err := mqttConnect(e.emu.Addrs().Hub, a.hub, a.device, hubToken(a.key, a.hub, a.device), e.emu.RootCAs())
+	c, code, err := mqttConnect(e.addrs.Hub, a.hub, a.device, hubToken(a.key, a.hub, a.device), e.roots)
 	if err != nil || code != connAccepted {
 		t.Fatalf("CONNECT: %v, code %d", err, code)
 	}
@@ -173,7 +173,7 @@ func TestDirectMethod(t *testing.T) {
 // TestAdminRefusesBrowsers: a request a web page could send is refused.
 func TestAdminRefusesBrowsers(t *testing.T) {
 	e := newEnv(t, nil)
-	req, _ := http.NewRequest(http.MethodPut, "http://"+e.emu.Addrs().Admin+"/faults", strings.NewReader(`{"dps":{"throttle":100}}`))
+	req, _ := http.NewRequest(http.MethodPut, "http://"+e.addrs.Admin+"/faults", strings.NewReader(`{"dps":{"throttle":100}}`))
 	req.Header.Set("Origin", "http://evil.example")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -148,7 +148,7 @@ func TestDPSErrors(t *testing.T) {
 	key := e.challenge(regID, d)
 	good := dpsToken(key, regID)
 	opID := e.register(regID, d, good, "")
-	base := "https://" + e.emu.Addrs().DPS
+	base := "https://" + e.addrs.DPS
 	sr := url.QueryEscape(testScope + "/registrations/" + regID)
 
 	type req struct {

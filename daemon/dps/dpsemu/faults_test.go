@@ -52,7 +52,7 @@ func TestFaultDropConnections(t *testing.T) {
 
 	// A fresh connection per request, so the transport cannot retry.
 	c := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   &tls.Config{RootCAs: e.emu.RootCAs(), ServerName: "localhost"},
+		TLSClientConfig:   &tls.Config{RootCAs: e.roots, ServerName: "localhost"},
 		DisableKeepAlives: true,
 	}}
 	req, _ := http.NewRequest(http.MethodGet, e.operationURL("f2", "x"), nil)

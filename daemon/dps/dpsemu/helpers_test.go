@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -23,11 +24,13 @@ var testHubs = []string{"hub-a.example", "hub-b.example"}
 
 // env is a running emulator and HTTPS and admin clients for it.
 type env struct {
-	t    testing.TB
-	emu  *dpsemu.Emulator
-	dir  string
-	opts dpsemu.Options
-	dps  *http.Client
+	t     testing.TB
+	emu   *dpsemu.Emulator // nil when the emulator runs in another process
+	addrs dpsemu.Addrs
+	roots *x509.CertPool
+	dir   string
+	opts  dpsemu.Options
+	dps   *http.Client
 }
 
 // newEnv starts an emulator in a fresh directory; mod adjusts its options.
@@ -48,17 +51,24 @@ func startEnv(t testing.TB, opts dpsemu.Options) *env {
 		t.Fatalf("starting emulator: %v", err)
 	}
 	t.Cleanup(func() { emu.Close() })
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: emu.RootCAs(), ServerName: "localhost"}}
+	e := clientEnv(t, emu.Addrs(), emu.RootCAs())
+	e.emu, e.dir, e.opts = emu, opts.Dir, opts
+	return e
+}
+
+// clientEnv is an env for an emulator at addrs whose CA is in roots.
+func clientEnv(t testing.TB, addrs dpsemu.Addrs, roots *x509.CertPool) *env {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &env{t: t, emu: emu, dir: opts.Dir, opts: opts, dps: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return &env{t: t, addrs: addrs, roots: roots, dps: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 }
 
 func (e *env) registerURL(regID string) string {
-	return "https://" + e.emu.Addrs().DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/register?api-version=2021-06-01"
+	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/register?api-version=2021-06-01"
 }
 
 func (e *env) operationURL(regID, opID string) string {
-	return "https://" + e.emu.Addrs().DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/operations/" + url.PathEscape(opID) + "?api-version=2021-06-01"
+	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/operations/" + url.PathEscape(opID) + "?api-version=2021-06-01"
 }
 
 // response is one HTTP answer.
@@ -108,7 +118,7 @@ func (e *env) admin(method, path string, body any) response {
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, "http://"+e.emu.Addrs().Admin+path, rd)
+	req, err := http.NewRequest(method, "http://"+e.addrs.Admin+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -312,7 +322,7 @@ func (e *env) provision(regID string, d *softDevice, payload string) assigned {
 // returns the CONNACK code.
 func (e *env) connect(hub, deviceID string, key []byte) byte {
 	e.t.Helper()
-	c, code, err := mqttConnect(e.emu.Addrs().Hub, hub, deviceID, hubToken(key, hub, deviceID), e.emu.RootCAs())
+	c, code, err := mqttConnect(e.addrs.Hub, hub, deviceID, hubToken(key, hub, deviceID), e.roots)
 	if err != nil {
 		e.t.Fatalf("MQTT: %v", err)
 	}

@@ -151,14 +151,18 @@ func (s *service) issueChallenge(regID string, ek, srk []byte) ([]byte, *apiErro
 	if !ok {
 		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "registration %s is not enrolled", regID)
 	}
-	if err := checkDeviceKeys(enr, ek, srk); err != nil {
+	if err := checkEK(enr, ek); err != nil {
 		return nil, err
 	}
 	ckey := make([]byte, hmacKeySize)
 	rand.Read(ckey)
+	// Build checks the SRK is a storage key it can wrap to.
 	blob, err := authblob.Build(rand.Reader, ek, srk, ckey, []byte(s.idScope+"/registrations/"+regID))
-	if err != nil {
-		return nil, errorf(http.StatusBadRequest, codeBadRequest, "building the challenge: %v", err)
+	switch {
+	case errors.Is(err, authblob.ErrBadKey):
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "tpm.storageRootKey: %v", err)
+	case err != nil:
+		return nil, errorf(http.StatusInternalServerError, codeInternal, "building the challenge: %v", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -166,21 +170,19 @@ func (s *service) issueChallenge(regID string, ek, srk []byte) ([]byte, *apiErro
 	return blob, nil
 }
 
-// checkDeviceKeys checks a device's EK and SRK against §8: both usable, and
-// the EK the enrolled one (same RSA modulus).
-func checkDeviceKeys(enr *Enrollment, ek, srk []byte) *apiError {
-	if err := authblob.ValidateEK(ek); err != nil {
-		return errorf(http.StatusBadRequest, codeBadRequest, "tpm.endorsementKey: %v", err)
-	}
-	if err := authblob.ValidateSRK(srk); err != nil {
-		return errorf(http.StatusBadRequest, codeBadRequest, "tpm.storageRootKey: %v", err)
-	}
+// checkEK checks the device's EK against the enrollment (§8): a usable EK
+// with the enrolled RSA modulus. SameEK validates both keys; the enrolled
+// one was validated when it was enrolled.
+func checkEK(enr *Enrollment, ek []byte) *apiError {
 	enrolled, err := base64.StdEncoding.DecodeString(enr.Attestation.TPM.EndorsementKey)
 	if err != nil {
 		return errorf(http.StatusInternalServerError, codeInternal, "enrollment's endorsement key is not base64")
 	}
 	same, err := authblob.SameEK(enrolled, ek)
-	if err != nil || !same {
+	switch {
+	case err != nil:
+		return errorf(http.StatusBadRequest, codeBadRequest, "tpm.endorsementKey: %v", err)
+	case !same:
 		return errorf(http.StatusUnauthorized, codeUnauthorized, "endorsement key does not match the enrollment of %s", enr.RegistrationID)
 	}
 	return nil

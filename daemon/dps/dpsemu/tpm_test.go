@@ -124,7 +124,7 @@ func (d *tpmDevice) provision(e *env) (hub, deviceID string) {
 // connect sends CONNECT with password and returns the CONNACK code.
 func connectWith(t *testing.T, e *env, hub, deviceID, password string) byte {
 	t.Helper()
-	c, code, err := mqttConnect(e.emu.Addrs().Hub, hub, deviceID, password, e.emu.RootCAs())
+	c, code, err := mqttConnect(e.addrs.Hub, hub, deviceID, password, e.roots)
 	if err != nil {
 		t.Fatalf("MQTT: %v", err)
 	}
