@@ -17,9 +17,15 @@ import (
 	"fmt"
 )
 
-// ErrMalformed is wrapped by every error Parse returns: the blob does not
-// have the §6 layout.
-var ErrMalformed = errors.New("malformed authenticationKey blob")
+// Sentinels callers branch on with errors.Is.
+var (
+	// ErrMalformed is wrapped by every error Parse returns: the blob does
+	// not have the §6 layout.
+	ErrMalformed = errors.New("malformed authenticationKey blob")
+	// ErrBadKey is wrapped by the errors of ValidateEK, ValidateSRK, SameEK
+	// and Build when a public key sent by a device is unusable.
+	ErrBadKey = errors.New("unusable TPM public key")
+)
 
 // MaxTrailer is the largest encUriData Parse accepts and Build writes.
 // Clients ignore the trailer; the bound only keeps a hostile blob small.

@@ -9,10 +9,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 )
 
-// ErrBadKey is wrapped by the errors of ValidateEK, ValidateSRK, SameEK and
-// Build when a public key sent by a device is unusable.
-var ErrBadKey = errors.New("unusable TPM public key")
-
 // maxPublic bounds a TPM2B_PUBLIC from the network: an RSA-4096 key with a
 // SHA-512 policy is well under it.
 const maxPublic = 1024
