@@ -31,6 +31,8 @@ type run struct {
 	// dpsReached; the clock check reports it.
 	dpsSkew    time.Duration
 	dpsReached bool
+	// dnsFailed: the DPS name did not resolve (and no proxy resolves it).
+	dnsFailed bool
 }
 
 func newRun(env Env) *run {
@@ -109,8 +111,12 @@ func (r *run) clock(context.Context) apitype.Check {
 		return pass(NameClock, "after the build time; DPS not reached to compare")
 	}
 	skew := r.dpsSkew.Round(time.Second)
-	detail := fmt.Sprintf("%s off DPS's clock", skew)
-	switch abs := max(skew, -skew); {
+	abs := max(skew, -skew)
+	detail := fmt.Sprintf("%s ahead of DPS's clock", abs)
+	if skew < 0 {
+		detail = fmt.Sprintf("%s behind DPS's clock", abs)
+	}
+	switch {
 	case abs > skewFail:
 		return fail(NameClock, detail, fix)
 	case abs > skewWarn:

@@ -92,12 +92,16 @@ func (r *run) dpsDNS(ctx context.Context) apitype.Check {
 		if r.cfg.Network.Proxy != "" || os.Getenv("HTTPS_PROXY") != "" || os.Getenv("https_proxy") != "" {
 			return warn(NameDPSDNS, err.Error(), "the proxy resolves it for dpsd; check the proxy if dps-tls fails too")
 		}
+		r.dnsFailed = true
 		return fail(NameDPSDNS, err.Error(), "check the network and DNS (resolvectl status, /etc/resolv.conf)")
 	}
 	return pass(NameDPSDNS, fmt.Sprintf("%s resolves to %v", host, addrs))
 }
 
 func (r *run) dpsTLS(ctx context.Context) apitype.Check {
+	if r.dnsFailed {
+		return warn(NameDPSTLS, "not checked: the DPS name does not resolve", "see the dps-dns check")
+	}
 	endpoint := r.cfg.Provisioning.GlobalEndpoint
 	roots, err := r.rootCAs()
 	if err != nil {

@@ -34,8 +34,11 @@ const tssGroup = "tss"
 
 // devicePath is the device node the config names, or "" for a software TPM.
 func (r *run) devicePath() string {
-	if r.env.TPM != nil && strings.HasPrefix(r.env.TPM.Path(), "/dev/") {
-		return r.env.TPM.Path()
+	if r.env.TPM != nil {
+		if p := r.env.TPM.Path(); strings.HasPrefix(p, "/dev/") {
+			return p
+		}
+		return ""
 	}
 	spec := r.cfg.TPM.Device
 	switch {
@@ -61,7 +64,11 @@ func (r *run) tpmDevice(context.Context) apitype.Check {
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fail(NameTPMDevice, fmt.Sprintf("no TPM device: %v", err),
+		detail := fmt.Sprintf("no TPM device: %v", err)
+		if r.cfg.TPM.Device == "auto" {
+			detail = "no TPM device: neither " + devTPMRM + " nor " + devTPM + " exists"
+		}
+		return fail(NameTPMDevice, detail,
 			"enable the TPM in the firmware setup and check the kernel driver (dmesg | grep -i tpm)")
 	}
 	if ok, detail := r.serviceUserCanOpen(path, fi); !ok {
@@ -71,6 +78,9 @@ func (r *run) tpmDevice(context.Context) apitype.Check {
 	if r.env.TPMErr != nil {
 		return fail(NameTPMDevice, fmt.Sprintf("opening %s: %v", path, r.env.TPMErr),
 			"see dmesg | grep -i tpm; stop other programs that hold /dev/tpm0")
+	}
+	if r.env.TPM == nil {
+		return pass(NameTPMDevice, fmt.Sprintf("%s, %s", path, describeMode(fi)))
 	}
 	return pass(NameTPMDevice, fmt.Sprintf("%s, %s, opened", path, describeMode(fi)))
 }
@@ -128,6 +138,9 @@ func describeMode(fi fs.FileInfo) string {
 
 func (r *run) resourceManager(context.Context) apitype.Check {
 	path := r.devicePath()
+	if _, err := os.Stat(path); path != "" && err != nil {
+		return warn(NameResourceManager, "not checked: no TPM device", "see the tpm-device check")
+	}
 	switch {
 	case path == "":
 		return pass(NameResourceManager, "software TPM: not applicable")
@@ -142,10 +155,11 @@ func (r *run) resourceManager(context.Context) apitype.Check {
 		"use a kernel with /dev/tpmrm0 (4.12 or later)")
 }
 
-// needTPM is the answer of a TPM check when the TPM is not open.
+// needTPM is the answer of a TPM check when the TPM is not open: a warning
+// only, since tpm-device already fails for that one cause.
 func (r *run) needTPM(name string) (apitype.Check, bool) {
 	if r.env.TPM == nil {
-		return fail(name, "not checked: the TPM is not open", "see the tpm-device check"), false
+		return warn(name, "not checked: the TPM is not open", "see the tpm-device check"), false
 	}
 	return apitype.Check{}, true
 }
@@ -285,11 +299,11 @@ func (r *run) lockout(ctx context.Context) apitype.Check {
 }
 
 func (r *run) identityKey(ctx context.Context) apitype.Check {
-	if r.env.IdentityKey == nil {
-		return warn(NameIdentityKey, "not checked here", "run dpsd check as root or as the dpsd user")
-	}
 	if c, ok := r.needTPM(NameIdentityKey); !ok {
 		return c
+	}
+	if r.env.IdentityKey == nil {
+		return warn(NameIdentityKey, "not checked here", "run dpsd check as root or as the dpsd user")
 	}
 	err := r.env.IdentityKey(ctx)
 	switch {

@@ -30,9 +30,10 @@ func checkCommand() command {
 			return func(ctx context.Context) int {
 				ctx, cancel := context.WithTimeout(ctx, checkCallTimeout)
 				defer cancel()
-				rep, err := e.client().Check(ctx)
+				c := e.client()
+				rep, err := c.Check(ctx)
 				if errors.Is(err, client.ErrNotRunning) {
-					rep = e.standaloneCheck(ctx, err)
+					rep = e.standaloneCheck(ctx, c.Socket())
 				} else if err != nil {
 					return e.fail("check", err)
 				}

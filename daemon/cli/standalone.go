@@ -37,9 +37,9 @@ func (e *env) quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// standaloneCheck runs the checks in this process because the daemon is
-// not running (down says how that showed).
-func (e *env) standaloneCheck(ctx context.Context, down error) apitype.CheckReport {
+// standaloneCheck runs the checks in this process because the daemon does
+// not answer on socket.
+func (e *env) standaloneCheck(ctx context.Context, socket string) apitype.CheckReport {
 	env := check.Env{ConfigPath: e.configPath, ServiceUser: serviceUser, BuildTime: version.BuildTime(), Now: e.now}
 	cfg, err := e.loadConfig()
 	if err != nil {
@@ -63,7 +63,7 @@ func (e *env) standaloneCheck(ctx context.Context, down error) apitype.CheckRepo
 	daemon := apitype.Check{
 		Name:   check.NameDaemon,
 		Status: apitype.CheckWarn,
-		Detail: down.Error() + "; the checks ran without it",
+		Detail: "dpsd is not running (nothing answers on " + socket + "); these checks ran without it",
 		Fix:    "systemctl start dpsd; systemctl status dpsd",
 	}
 	rep.Checks = append([]apitype.Check{daemon}, rep.Checks...)
