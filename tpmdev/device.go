@@ -2,6 +2,7 @@ package tpmdev
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -179,15 +180,30 @@ type countingTPM struct {
 	t   transport.TPM
 }
 
-// Send implements transport.TPM.
+// Send implements transport.TPM. A TPM may answer TPM_RC_RETRY, _YIELDED
+// or _TESTING without executing the command; the same bytes are sent again
+// after a short wait, as tpm2-tss does. Nothing else is ever resent: an
+// authorization failure counts toward lockout.
 func (c *countingTPM) Send(cmd []byte) ([]byte, error) {
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		rsp, err := c.send(cmd)
+		if err != nil || !notExecuted(rsp) {
+			return rsp, err
+		}
+		c.d.log.Debug("TPM asks to retry", "command", commandName(commandCode(cmd)), "after", wait)
+		select {
+		case <-c.ctx.Done():
+			return nil, c.ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (c *countingTPM) send(cmd []byte) ([]byte, error) {
 	if err := c.ctx.Err(); err != nil {
 		return nil, err
 	}
-	name := "unknown"
-	if len(cmd) >= 10 {
-		name = commandName(tpm2.TPMCC(uint32(cmd[6])<<24 | uint32(cmd[7])<<16 | uint32(cmd[8])<<8 | uint32(cmd[9])))
-	}
+	name := commandName(commandCode(cmd))
 	start := time.Now()
 	rsp, err := c.t.Send(cmd)
 	elapsed := time.Since(start)
@@ -205,6 +221,27 @@ func (c *countingTPM) Send(cmd []byte) ([]byte, error) {
 		return nil, fmt.Errorf("TPM transport: %w", err)
 	}
 	return rsp, nil
+}
+
+// commandCode reads the command code from a command's header.
+func commandCode(cmd []byte) tpm2.TPMCC {
+	if len(cmd) < 10 {
+		return 0
+	}
+	return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
+}
+
+// notExecuted reports whether a response says the TPM did not run the
+// command and it may simply be sent again.
+func notExecuted(rsp []byte) bool {
+	if len(rsp) < 10 {
+		return false
+	}
+	switch tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])) {
+	case tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting:
+		return true
+	}
+	return false
 }
 
 // heldConnector keeps one transport open for the Device's life.
