@@ -1,6 +1,10 @@
 package provision
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/dpsd-project/dpsd/daemon/dps"
+)
 
 // Sentinels callers and the status API branch on.
 var (
@@ -25,5 +29,17 @@ func (p permanent) Unwrap() error { return p.err }
 
 func isPermanent(err error) bool {
 	var p permanent
-	return errors.As(err, &p) || errors.Is(err, ErrTPMReplaced) || errors.Is(err, ErrOwnedByOther) || errors.Is(err, ErrDisabled)
+	var de *dps.Error
+	switch {
+	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled):
+		return true
+	case errors.As(err, &de):
+		// DPS refused the device itself (unknown enrollment, EK mismatch):
+		// only an operator's fix helps.
+		return de.Permanent()
+	case errors.Is(err, dps.ErrProtocol):
+		// Not DPS's protocol: a captive portal or a wrong endpoint.
+		return true
+	}
+	return false
 }

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+)
+
+const stayConnected = "[hub]\nstay_connected = true\n"
+
+// registrations is how many times DPS has assigned the device.
+func registrations(t *testing.T, emu *emulator, regID string) int {
+	t.Helper()
+	var reg struct{ Attempts int }
+	if code := emu.call("GET", "/registrations/"+regID, nil, &reg); code != 200 {
+		t.Fatalf("GET registration: %d", code)
+	}
+	return reg.Attempts
+}
+
+func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
+	emu, d, s := provisioned(t, stayConnected)
+	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
+	before := registrations(t, emu, s.RegistrationID)
+
+	if code := emu.call("DELETE", "/devices/"+s.DeviceID, nil, nil); code >= 300 {
+		t.Fatalf("DELETE device: %d", code)
+	}
+	again := d.waitFor("re-provisioned after the hub rejected the device", func(s apitype.Status) bool {
+		return s.Reason == apitype.ReasonHubRejected && s.State == apitype.StateProvisioned && s.Hub.Connected
+	})
+	if again.DeviceID != s.DeviceID {
+		t.Errorf("device ID %s, want %s", again.DeviceID, s.DeviceID)
+	}
+	if n := registrations(t, emu, s.RegistrationID); n != before+1 {
+		t.Errorf("%d registrations after the rejection, want exactly one more than %d", n, before)
+	}
+}
+
+func TestDirectMethods(t *testing.T) {
+	emu, d, s := provisioned(t, stayConnected)
+	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
+
+	var res struct {
+		Status  int             `json:"status"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	if code := emu.call("POST", "/devices/"+s.DeviceID+"/methods/status", map[string]any{}, &res); code != 200 || res.Status != 200 {
+		t.Fatalf("method status: HTTP %d, device answered %d", code, res.Status)
+	}
+	var st apitype.Status
+	if err := json.Unmarshal(res.Payload, &st); err != nil || st.DeviceID != s.DeviceID {
+		t.Errorf("method status payload %s: %v", res.Payload, err)
+	}
+	if emu.call("POST", "/devices/"+s.DeviceID+"/methods/nonsense", map[string]any{}, &res); res.Status != 404 {
+		t.Errorf("unknown method answered %d, want 404", res.Status)
+	}
+	if code := emu.call("POST", "/devices/"+s.DeviceID+"/methods/reprovision", map[string]any{}, &res); code != 200 || res.Status != 200 {
+		t.Fatalf("method reprovision: HTTP %d, device answered %d", code, res.Status)
+	}
+	d.waitFor("re-provisioned on request", func(s apitype.Status) bool {
+		return s.Reason == apitype.ReasonRequested && s.State == apitype.StateProvisioned
+	})
+}
+
+// mqttConnect connects to the emulator's hub as the device with a token,
+// as an app on the device would after `dpsd token`.
+func mqttConnect(t *testing.T, emu *emulator, hub, deviceID, sas string) error {
+	t.Helper()
+	pem, err := os.ReadFile(filepath.Join(emu.dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	opts := paho.NewClientOptions().
+		AddBroker("ssl://" + emu.hub).
+		SetClientID(deviceID).
+		SetUsername(hub + "/" + deviceID + "/?api-version=2021-04-12").
+		SetPassword(sas).
+		SetProtocolVersion(4).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetTLSConfig(&tls.Config{RootCAs: roots, ServerName: hub})
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(30 * time.Second) {
+		t.Fatal("CONNECT timed out")
+	}
+	if tok.Error() == nil {
+		c.Disconnect(0)
+	}
+	return tok.Error()
+}
+
+func TestTokenForApps(t *testing.T) {
+	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+	out, errOut, code := d.cli("token", "--json", "--ttl", "10m", "--socket", d.socket)
+	if code != 0 {
+		t.Fatalf("dpsd token: %d %s", code, errOut)
+	}
+	var tok apitype.Token
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		t.Fatal(err)
+	}
+	if tok.Hub != s.AssignedHub || tok.DeviceID != s.DeviceID || time.Until(tok.ExpiresAt) > 11*time.Minute {
+		t.Errorf("token %+v for %s/%s", tok, s.AssignedHub, s.DeviceID)
+	}
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+		t.Fatalf("the hub refused a token from dpsd token: %v", err)
+	}
+	// One changed character of the signature, and the hub refuses.
+	i := strings.Index(tok.SAS, "sig=") + 4
+	flip := map[byte]byte{'A': 'B'}
+	b := []byte(tok.SAS)
+	if nb, ok := flip[b[i]]; ok {
+		b[i] = nb
+	} else {
+		b[i] = 'A'
+	}
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, string(b)); err == nil {
+		t.Error("the hub accepted a tampered token")
+	}
+	if _, _, code := d.cli("token", "--ttl", "10000h", "--socket", d.socket); code == 0 {
+		t.Error("a token beyond max_ttl was issued")
+	}
+}
+
+func TestHubUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	emu, d, s := provisioned(t, "[hub]\nendpoint_override = \""+closed+"\"\n")
+	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
+	if s.Hub.Result != "unreachable" || s.State != apitype.StateProvisioned {
+		t.Errorf("hub unreachable: state %s, hub %+v", s.State, s.Hub)
+	}
+	if n := registrations(t, emu, s.RegistrationID); n != 1 {
+		t.Errorf("%d registrations, want 1: an unreachable hub must not cause re-registration", n)
+	}
+}
+
+func TestDisabledEnrollment(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	d := newDevice(t, emu, "")
+	d.enroll(map[string]any{"provisioningStatus": "disabled"})
+	d.start()
+	s := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	if s.LastError == nil || !strings.Contains(*s.LastError, "disabled") || s.NextAttemptAt == nil {
+		t.Errorf("disabled status without a reason or next attempt: %+v", s)
+	}
+}
+
+func TestUnknownEnrollmentFails(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	d := newDevice(t, emu, "")
+	d.start() // never enrolled
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	if s.LastError == nil || s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
+		t.Errorf("an unknown enrollment should fail with a slow retry: %+v", s)
+	}
+}
+
+func TestConfigChangeReprovisions(t *testing.T) {
+	_, d, _ := provisioned(t, "[hub]\nverify = false\n")
+	d.stop()
+	d.writeConfig("[hub]\nverify = false\n[provisioning]\npayload = '{\"site\":\"plant-7\"}'\n")
+	d.start()
+	d.waitFor("re-provisioned for the new payload", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonConfigChanged
+	})
+}
