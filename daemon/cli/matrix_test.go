@@ -10,7 +10,6 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,19 +29,6 @@ func TestMain(m *testing.M) {
 		os.Exit(cli.App{}.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
-}
-
-// requireRoot fails under CI and skips elsewhere when the test cannot
-// create users and switch to them.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test creates users and runs dpsd as them; it needs root, which CI has")
-	}
-	t.Skip("needs root to create users and run dpsd as them")
 }
 
 // caller is a process identity of the matrix.
@@ -110,24 +96,6 @@ func credentialOf(t *testing.T, name string) (*syscall.Credential, int) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, uid
 }
 
-// lockedBuffer collects the server's log from its goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // dpsd runs the command line as c and returns its exit code and output.
 func dpsd(t *testing.T, exe string, c caller, args ...string) (int, string) {
 	t.Helper()
@@ -159,11 +127,11 @@ type want struct {
 // socket group, as a member of a token-allowed group and as an unrelated
 // user, against a server on a real socket, and checks each answer.
 func TestAuthorizationMatrix(t *testing.T) {
-	requireRoot(t)
+	localapitest.RequireRoot(t, "create users and run dpsd as them")
 	readGroup, appsGroup, callers := addUsers(t)
 	exe := localapitest.ExecutableForAll(t)
 
-	var logs lockedBuffer
+	var logs localapitest.LogBuffer
 	b := localapitest.NewBackend(provisioned())
 	tokenAllow := []string{"@" + appsGroup}
 	srv := localapi.New(b, localapi.Options{SocketGroup: readGroup, TokenAllow: tokenAllow, MaxTTL: 24 * time.Hour,

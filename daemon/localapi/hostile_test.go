@@ -37,19 +37,6 @@ const (
 	slowClient = 40
 )
 
-// requireRoot fails under CI and skips elsewhere when the test cannot
-// switch uids.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test runs clients under other uids and needs root; CI runs as root")
-	}
-	t.Skip("needs root to run clients under other uids")
-}
-
 // runHelper is the body of a helper process.
 func runHelper(mode string) int {
 	path := os.Getenv(helperSocketEnv)
@@ -119,7 +106,7 @@ func helper(exe string, uid int, mode, socket string, count int) *exec.Cmd {
 // headers, huge bodies and a flood of idle connections do not keep root or
 // other users from being served.
 func TestHostileClients(t *testing.T) {
-	requireRoot(t)
+	localapitest.RequireRoot(t, "run clients under other uids")
 	exe := localapitest.ExecutableForAll(t)
 	b := localapitest.NewBackend(provisionedStatus())
 	srv := localapi.New(b, localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})
