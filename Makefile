@@ -50,6 +50,11 @@ deb-test:
 	scripts/install-deps.sh deb
 	cd packaging && $(GO) vet ./... && $(GO) test -count=1 -v -timeout 30m ./...
 
+# Software TPM + emulator + dpsd, provisioned, then `dpsd status`.
+demo: build
+	scripts/install-deps.sh test demo
+	scripts/demo.sh
+
 test-deps:
 	scripts/install-deps.sh test
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the given tool sets need, only when missing.
 #   scripts/install-deps.sh test      swtpm, tpm2-tools, libssl-dev, gcc (TPM tests)
+#   scripts/install-deps.sh demo      curl (enrolls the demo device)
 #   scripts/install-deps.sh deb       lintian, debootstrap (package tests)
 # Runs apt-get as root (CI and the dev machines are root); otherwise says what
 # to install.
@@ -21,6 +22,9 @@ for set in "${@:-test}"; do
 		need gcc gcc
 		need systemd-analyze systemd
 		need man man-db # systemd-analyze verify looks up Documentation=man: pages
+		;;
+	demo)
+		need curl curl
 		;;
 	deb)
 		need lintian lintian
