@@ -70,7 +70,7 @@ func activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob,
 	}
 	defer func() {
 		if cerr := closeSess(); cerr != nil {
-			err = errors.Join(err, commandError(tpm2.TPMCCFlushContext, cerr))
+			err = also(err, commandError(tpm2.TPMCCFlushContext, cerr))
 		}
 	}()
 	if _, err := run(t, tpm2.PolicySecret{
@@ -100,15 +100,12 @@ func loadKey(t transport.TPM, k *WrappedKey) (tpm2.NamedHandle, error) {
 	if err != nil {
 		return tpm2.NamedHandle{}, fmt.Errorf("loading key: %w", err)
 	}
-	srk, err := readPersistent(t, SRKHandle)
-	if err != nil {
-		if isNotFound(err) {
-			return tpm2.NamedHandle{}, fmt.Errorf("loading key: SRK absent: %w: %w", ErrKeyInvalidated, err)
-		}
-		return tpm2.NamedHandle{}, err
-	}
+	// The SRK is authorized with a password session, which binds no Name:
+	// go-tpm asks for one all the same, and the handle stands in for it.
+	// That spares a ReadPublic on every signature; a missing SRK still
+	// shows, as TPM_RC_HANDLE from Load.
 	rsp, err := run(t, tpm2.Load{
-		ParentHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: srk.Name},
+		ParentHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: tpm2.HandleName(SRKHandle)},
 		InPrivate:    l.private,
 		InPublic:     l.public,
 	})

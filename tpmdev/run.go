@@ -20,13 +20,19 @@ func run[R any, C tpm2.Command[R, *R]](t transport.TPM, cmd C, s ...tpm2.Session
 // operation's so a leak is never silent.
 func flush(t transport.TPM, h tpm2.TPMHandle, err *error) {
 	_, ferr := run(t, tpm2.FlushContext{FlushHandle: h})
+	*err = also(*err, ferr)
+}
+
+// also adds a cleanup failure to an operation's error, keeping both
+// checkable with errors.Is.
+func also(err, cleanup error) error {
 	switch {
-	case ferr == nil:
-	case *err == nil:
-		*err = ferr
-	default:
-		*err = fmt.Errorf("%w; also %w", *err, ferr)
+	case cleanup == nil:
+		return err
+	case err == nil:
+		return cleanup
 	}
+	return fmt.Errorf("%w; also %w", err, cleanup)
 }
 
 // readPersistent reads the public area at a persistent handle. It returns
