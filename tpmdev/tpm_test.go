@@ -444,3 +444,53 @@ func softwareSRK(t *testing.T) []byte {
 	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.Bytes()})
 	return tpm2.Marshal(tpm2.New2B(pub))
 }
+
+func TestSharedModeWithEndorsementAuth(t *testing.T) {
+	// Someone else owns the TPM and set an endorsement auth; dpsd is given
+	// both values (ownership = "shared").
+	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, clear func()) {
+		ctx := context.Background()
+		ownerAuth, endorsementAuth := []byte("owner"), []byte("endorsement")
+		err := dev.Exec(ctx, func(tpm transport.TPM) error {
+			for h, auth := range map[tpm2.TPMHandle][]byte{tpm2.TPMRHOwner: ownerAuth, tpm2.TPMRHEndorsement: endorsementAuth} {
+				if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.AuthHandle{Handle: h, Auth: tpm2.PasswordAuth(nil)}, NewAuth: tpm2.TPM2BAuth{Buffer: auth}}).Execute(tpm); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dev.EnsureEK(ctx, tpmdev.EKTemplateTCG, nil, ownerAuth); !errors.Is(err, tpmdev.ErrAuthFail) {
+			t.Fatalf("EnsureEK without the endorsement auth: %v, want ErrAuthFail", err)
+		}
+		ek, err := dev.EnsureEK(ctx, tpmdev.EKTemplateTCG, endorsementAuth, ownerAuth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srk, err := dev.EnsureSRK(ctx, ownerAuth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		own, err := dev.Ownership(ctx)
+		if err != nil || !own.OwnerAuthSet || !own.EndorsementAuthSet || own.LockoutAuthSet {
+			t.Errorf("ownership: %+v, %v", own, err)
+		}
+		key := randomBytes(t, 32)
+		blob := buildBlobFor(t, ek, srk, key)
+		// PolicySecret fails without the endorsement auth; its session is flushed.
+		if _, err := dev.ActivateAndImport(ctx, blob, nil); !errors.Is(err, tpmdev.ErrAuthFail) || !strings.Contains(err.Error(), "TPM2_PolicySecret") {
+			t.Fatalf("ActivateAndImport without the endorsement auth: %v, want TPM2_PolicySecret: ErrAuthFail", err)
+		}
+		tpmtest.AssertNoTransientHandles(t, dev)
+		wk, err := dev.ActivateAndImport(ctx, blob, endorsementAuth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac, err := dev.HMAC(ctx, wk, []byte("x"))
+		if err != nil || !hmac.Equal(mac, goHMAC(key, []byte("x"))) {
+			t.Errorf("HMAC: %v", err)
+		}
+	})
+}
