@@ -49,9 +49,12 @@ type App struct {
 
 // command is one verb.
 type command struct {
-	name    string
-	args    string
+	name string
+	args string
+	// summary is the one line of the overview; detail follows it in the
+	// verb's --help.
 	summary string
+	detail  string
 	// client verbs take --config and --socket.
 	client bool
 	// setup declares the verb's flags and returns what runs once they are
@@ -149,6 +152,9 @@ func usage(w io.Writer, cmds []command) {
 
 func commandUsage(w io.Writer, c command, flags *flag.FlagSet) {
 	fmt.Fprintf(w, "usage: dpsd %s %s\n\n%s\n", c.name, c.args, c.summary)
+	if c.detail != "" {
+		fmt.Fprintf(w, "%s\n", c.detail)
+	}
 	var defaults strings.Builder
 	flags.SetOutput(&defaults)
 	flags.PrintDefaults()

@@ -19,11 +19,12 @@ const checkCallTimeout = 3 * time.Minute
 
 func checkCommand() command {
 	return command{
-		name: "check",
-		args: "[--json] [--config F] [--socket PATH]",
-		summary: "Diagnose config, TPM device and permissions, keys, ownership and lockout, clock, DNS/TLS to DPS and hub, " +
-			"state directory; each check passes, warns or fails with a fix. Asks the daemon, or checks by itself when it is " +
-			"not running. Exit 1 when a check fails.",
+		name:    "check",
+		args:    "[--json] [--config F] [--socket PATH]",
+		summary: "Diagnose the device; each check passes, warns or fails with a one-line fix (exit 1 on a failure).",
+		detail: "Checks: config, TPM device and permissions, resource manager, EK and its certificate, SRK, ownership,\n" +
+			"dictionary-attack lockout, identity key, state directory, DNS and TLS to DPS, clock, TLS to the hub.\n" +
+			"Asks the daemon, or checks by itself when it is not running.",
 		client: true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			asJSON := fs.Bool("json", false, "print the check API's JSON")
@@ -72,11 +73,12 @@ func renderChecks(w io.Writer, rep apitype.CheckReport) {
 
 func enrollInfoCommand() command {
 	return command{
-		name: "enroll-info",
-		args: "[--json] [--config F] [--socket PATH]",
-		summary: "Print what a DPS individual enrollment needs: the registration ID, the EK public (base64 of the marshalled " +
-			"TPM2B_PUBLIC, as DPS stores it) and the EK certificate if the TPM has one. Asks the daemon, or reads the TPM " +
-			"itself when it is not running (never taking ownership).",
+		name:    "enroll-info",
+		args:    "[--json] [--config F] [--socket PATH]",
+		summary: "Print what a DPS individual enrollment needs: registration ID, EK public, EK certificate.",
+		detail: "The EK public is the base64 of its marshalled TPM2B_PUBLIC, as DPS stores it. Asks the daemon, or reads\n" +
+			"the TPM itself when it is not running: it never takes ownership, and creates the EK (as dpsd's first start\n" +
+			"would) only when that needs no password.",
 		client: true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			asJSON := fs.Bool("json", false, "print the enroll-info API's JSON")

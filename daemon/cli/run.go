@@ -42,7 +42,7 @@ func checkConfigCommand() command {
 	return command{
 		name:    "check-config",
 		args:    "[--config F]",
-		summary: "Parse and validate the config and its drop-ins; errors name the file, line and key.",
+		summary: "Parse and validate the config and its drop-ins (errors name file, line and key).",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			fs.StringVar(&e.configPath, "config", DefaultConfigPath, "config `file`; drop-ins are read from config.d/ beside it")
 			return func(context.Context) int {

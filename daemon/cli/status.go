@@ -20,7 +20,7 @@ func statusCommand() command {
 	return command{
 		name:    "status",
 		args:    "[--json] [--config F] [--socket PATH]",
-		summary: "Show what the daemon is doing: state, hub, device ID, last error, next attempt, TPM facts.",
+		summary: "Show the state, hub, device ID, last error, next attempt and TPM facts.",
 		client:  true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			asJSON := fs.Bool("json", false, "print the status API's JSON")

@@ -10,7 +10,8 @@ func tokenCommand() command {
 	return command{
 		name:    "token",
 		args:    "[--ttl D] [--json] [--config F] [--socket PATH]",
-		summary: "Print a hub SAS token signed in the TPM, for apps on the device (root and [token] allow only).",
+		summary: "Print a hub SAS token signed in the TPM, for apps on the device.",
+		detail:  "For root and the users and @groups of [token] allow. Without --json, prints only the token.",
 		client:  true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			ttl := fs.Duration("ttl", 0, "lifetime of the token, at most [token] max_ttl (0: the daemon's default, 1h)")
@@ -40,7 +41,8 @@ func reprovisionCommand() command {
 	return command{
 		name:    "reprovision",
 		args:    "[--config F] [--socket PATH]",
-		summary: "Force a new registration with DPS (reason: requested); root only. The old identity keeps working until the new one is assigned.",
+		summary: "Force a new registration with DPS (root only).",
+		detail:  "The status then shows reason \"requested\"; follow it with dpsd wait.",
 		client:  true,
 		setup: func(_ *flag.FlagSet, e *env) func(context.Context) int {
 			return func(ctx context.Context) int {

@@ -17,10 +17,11 @@ const waitPoll = time.Second
 
 func waitCommand() command {
 	return command{
-		name: "wait",
-		args: "[--timeout D] [--config F] [--socket PATH]",
-		summary: "Block until the device is provisioned. Exit 0 when it is, 1 on timeout or when waiting cannot succeed " +
-			"(permission denied). Waits through daemon restarts and failed attempts, which the daemon retries.",
+		name:    "wait",
+		args:    "[--timeout D] [--config F] [--socket PATH]",
+		summary: "Block until the device is provisioned (exit 0), or give up (exit 1).",
+		detail: "Waits through daemon restarts and failed attempts, which the daemon retries, and tells stderr of each\n" +
+			"change of state. Gives up at --timeout, or at once when waiting cannot succeed (permission denied).",
 		client: true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
