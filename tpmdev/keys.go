@@ -276,8 +276,10 @@ func (d *Device) EKCertificate(ctx context.Context) ([]byte, error) {
 			return fmt.Errorf("decoding NV public area: %w", err)
 		}
 		index := tpm2.NamedHandle{Handle: ekCertIndex, Name: pubRsp.NVName}
-		// Manufacturers set AUTHREAD with an empty index auth; otherwise the
-		// owner hierarchy reads it (with empty auth: no password is guessed).
+		// The EK Credential Profile has certificates readable with the
+		// index's own empty auth (AUTHREAD). Otherwise try the owner
+		// hierarchy with empty auth: hierarchy auth is not DA-protected, so
+		// a refusal costs nothing toward lockout.
 		var auth tpm2.AuthHandle
 		if nv.Attributes.AuthRead {
 			auth = tpm2.AuthHandle{Handle: ekCertIndex, Name: pubRsp.NVName, Auth: tpm2.PasswordAuth(nil)}
