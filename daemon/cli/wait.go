@@ -11,9 +11,10 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/client"
 )
 
-// waitPoll is how often wait asks the daemon; a status answer costs the
-// daemon no TPM command and no I/O.
-const waitPoll = time.Second
+// waitPoll is how often wait asks the daemon: often enough that units
+// ordered after provisioning start promptly, and cheap, since a status
+// answer costs the daemon no TPM command and no I/O.
+const waitPoll = 250 * time.Millisecond
 
 func waitCommand() command {
 	return command{
