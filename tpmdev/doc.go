@@ -6,6 +6,7 @@
 //
 // Every TPM object or session a method creates is flushed before the method
 // returns, on success and on failure, so a shared TPM is left as it was found.
-// Authorization values are sent in password sessions and are never retried:
-// each failed authorization counts toward the TPM's dictionary-attack lockout.
+// Authorization values are sent in password sessions and a refused one is
+// never retried: for DA-protected entities each failure counts toward the
+// TPM's dictionary-attack lockout.
 package tpmdev

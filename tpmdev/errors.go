@@ -15,8 +15,9 @@ var (
 	// ErrForeignObject: the handle holds an object dpsd did not make and
 	// will not touch (it is never evicted).
 	ErrForeignObject = errors.New("foreign object at handle")
-	// ErrAuthFail: the TPM refused an authorization value. It was counted
-	// toward dictionary-attack lockout, so it must not be retried.
+	// ErrAuthFail: the TPM refused an authorization value. Callers must not
+	// retry with guesses: TPM_RC_AUTH_FAIL counts toward dictionary-attack
+	// lockout (TPM_RC_BAD_AUTH, for hierarchies and noDA objects, does not).
 	ErrAuthFail = errors.New("authorization failed")
 	// ErrLockout: the TPM is in dictionary-attack lockout.
 	ErrLockout = errors.New("TPM in dictionary-attack lockout")

@@ -319,6 +319,10 @@ func TestOwnershipTaken(t *testing.T) {
 		if err := dev.SetOwnerAuth(ctx, []byte("wrong"), nil); !errors.Is(err, tpmdev.ErrAuthFail) {
 			t.Errorf("SetOwnerAuth with a wrong old auth: %v, want ErrAuthFail", err)
 		}
+		// Hierarchy auth is not DA-protected: the refusals cost no lockout.
+		if own, err = dev.Ownership(ctx); err != nil || own.LockoutCounter != 0 || own.InLockout {
+			t.Errorf("after two wrong owner auths: %+v, %v", own, err)
+		}
 		srk, err := dev.EnsureSRK(ctx, ownerAuth)
 		if err != nil || !srk.Created {
 			t.Fatalf("EnsureSRK with the owner auth: %+v, %v", srk, err)
