@@ -168,6 +168,7 @@ func TestDPSErrors(t *testing.T) {
 		{"no tpm on the challenge", put("", []byte(`{"registrationId":"dev-err"}`)), 400},
 		{"EK not base64", put("", []byte(`{"tpm":{"endorsementKey":"!!","storageRootKey":"AA=="}}`)), 400},
 		{"SRK is no storage key", put("", []byte(`{"tpm":{"endorsementKey":"`+base64.StdEncoding.EncodeToString(d.ekPub)+`","storageRootKey":"AAIAAQ=="}}`)), 400},
+		{"SRK with an even modulus", put("", evenSRK(regID, d)), 400},
 		{"SAS signed with another key", put(dpsToken(bytes.Repeat([]byte{1}, 32), regID), registrationBody(regID, d, "")), 401},
 		{"SAS expired beyond the allowance", put(token(key, sr, time.Now().Add(-10*time.Minute), "registration"), registrationBody(regID, d, "")), 401},
 		{"SAS for another registration", put(token(key, url.QueryEscape(testScope+"/registrations/other"), time.Now().Add(time.Hour), "registration"), registrationBody(regID, d, "")), 401},
@@ -342,4 +343,13 @@ func TestEnrollmentDeletedMidOperation(t *testing.T) {
 	}
 	// A new registration is refused outright.
 	checkErrorBody(t, e.do(http.MethodPut, e.registerURL("gone"), "", registrationBody("gone", d, "")), http.StatusUnauthorized)
+}
+
+// evenSRK is a registration body whose SRK passes the structure checks but
+// has an even RSA modulus, which no RSA key has.
+func evenSRK(regID string, d *softDevice) []byte {
+	srk := bytes.Clone(d.srkPub)
+	srk[len(srk)-1] &^= 1
+	return []byte(`{"registrationId":"` + regID + `","tpm":{"endorsementKey":"` + base64.StdEncoding.EncodeToString(d.ekPub) +
+		`","storageRootKey":"` + base64.StdEncoding.EncodeToString(srk) + `"}}`)
 }

@@ -39,6 +39,8 @@ const (
 	shutdownGrace = 5 * time.Second
 	// readHeaderTimeout bounds a client's request headers (slowloris).
 	readHeaderTimeout = 10 * time.Second
+	// idleTimeout closes keep-alive connections a client forgot.
+	idleTimeout = 2 * time.Minute
 )
 
 // Options configures the emulator.
@@ -188,10 +190,11 @@ func Start(opts Options) (*Emulator, error) {
 		dps: &http.Server{
 			Handler:           svc,
 			ReadHeaderTimeout: readHeaderTimeout,
+			IdleTimeout:       idleTimeout,
 			ErrorLog:          errLog,
 			TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		},
-		admin:  &http.Server{Handler: svc.adminHandler(), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errLog},
+		admin:  &http.Server{Handler: svc.adminHandler(), ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout, ErrorLog: errLog},
 		failed: make(chan error, 3),
 	}
 	e.serve("DPS", func() error { return e.dps.Serve(tls.NewListener(dpsLn, dpsTLS)) })
@@ -247,6 +250,7 @@ func (e *Emulator) Close() error {
 		errs = append(errs, e.hub.Close())
 		e.wg.Wait()
 		e.closeErr = errors.Join(errs...)
+		e.svc.log.Info("dpsemu stopped", "stats", e.svc.stats.snapshot())
 	})
 	return e.closeErr
 }

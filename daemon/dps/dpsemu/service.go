@@ -156,13 +156,13 @@ func (s *service) issueChallenge(regID string, ek, srk []byte) ([]byte, *apiErro
 	}
 	ckey := make([]byte, hmacKeySize)
 	rand.Read(ckey)
-	// Build checks the SRK is a storage key it can wrap to.
+	// Build checks the SRK is a storage key it can wrap to. The device's
+	// keys are its only inputs that can fail (an RSA modulus the structure
+	// checks let through, such as an even one), so a failure is the
+	// request's fault.
 	blob, err := authblob.Build(rand.Reader, ek, srk, ckey, []byte(s.idScope+"/registrations/"+regID))
-	switch {
-	case errors.Is(err, authblob.ErrBadKey):
-		return nil, errorf(http.StatusBadRequest, codeBadRequest, "tpm.storageRootKey: %v", err)
-	case err != nil:
-		return nil, errorf(http.StatusInternalServerError, codeInternal, "building the challenge: %v", err)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "tpm keys unusable: %v", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
