@@ -498,3 +498,79 @@ func TestSharedModeWithEndorsementAuth(t *testing.T) {
 		}
 	})
 }
+
+func TestOwnershipReportsLockout(t *testing.T) {
+	// Wrong passwords for a DA-protected object count toward lockout; the
+	// counter and inLockout bit must read as the TPM sets them.
+	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, clear func()) {
+		ctx := context.Background()
+		ek, srk := provision(t, dev)
+		before, err := dev.Ownership(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lockedOut error
+		err = dev.Exec(ctx, func(tpm transport.TPM) error {
+			srk, err := tpm2.ReadPublic{ObjectHandle: tpmdev.SRKHandle}.Execute(tpm)
+			if err != nil {
+				return err
+			}
+			parent := tpm2.NamedHandle{Handle: tpmdev.SRKHandle, Name: srk.Name}
+			obj, err := tpm2.Create{
+				ParentHandle: parent,
+				InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+					UserAuth: tpm2.TPM2BAuth{Buffer: []byte("right")},
+					Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: []byte("s")}),
+				}},
+				InPublic: tpm2.New2B(tpm2.TPMTPublic{
+					Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256,
+					ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, UserWithAuth: true},
+					Parameters:       tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
+				}),
+			}.Execute(tpm)
+			if err != nil {
+				return err
+			}
+			l, err := tpm2.Load{ParentHandle: parent, InPrivate: obj.OutPrivate, InPublic: obj.OutPublic}.Execute(tpm)
+			if err != nil {
+				return err
+			}
+			defer tpm2.FlushContext{FlushHandle: l.ObjectHandle}.Execute(tpm)
+			for range before.MaxAuthFail + 1 {
+				_, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: l.ObjectHandle, Name: l.Name, Auth: tpm2.PasswordAuth([]byte("wrong"))}}.Execute(tpm)
+				if errors.Is(err, tpm2.TPMRCLockout) {
+					lockedOut = err
+					break
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lockedOut == nil {
+			t.Fatalf("no lockout after %d wrong passwords", before.MaxAuthFail+1)
+		}
+		after, err := dev.Ownership(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if before.InLockout || before.LockoutCounter != 0 || !after.InLockout || after.LockoutCounter != after.MaxAuthFail {
+			t.Errorf("before %+v, after %+v", before, after)
+		}
+		// Everything dpsd uses is noDA (SRK, identity key, sealed data), so a
+		// TPM in lockout still provisions and signs.
+		key := randomBytes(t, 32)
+		mac, err := dev.HMAC(ctx, importKey(t, dev, ek, srk, key), []byte("x"))
+		if err != nil || !hmac.Equal(mac, goHMAC(key, []byte("x"))) {
+			t.Errorf("HMAC in lockout: %v", err)
+		}
+		sealed, err := dev.Seal(ctx, []byte("s"))
+		if err == nil {
+			_, err = dev.Unseal(ctx, sealed)
+		}
+		if err != nil {
+			t.Errorf("sealing in lockout: %v", err)
+		}
+	})
+}
