@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,8 @@ func runHelper(mode string) int {
 	case "slowloris":
 		n, _ := strconv.Atoi(os.Getenv(helperCountEnv))
 		return slowloris(path, n)
+	case "activated":
+		return serveActivated()
 	case "token":
 		tok, err := client.New(path, "dpsd").Token(context.Background(), 0)
 		if err != nil {
@@ -55,6 +58,29 @@ func runHelper(mode string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2
+}
+
+// serveActivated plays dpsd started by dpsd.socket: systemd passes the
+// listening socket as fd 3 and names this process in LISTEN_PID (set here,
+// since only the child knows its pid). It serves until stdin closes.
+func serveActivated() int {
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	ln, err := localapi.Listen("/nonexistent/dpsd/status.sock", "no-such-group", 0o600)
+	if err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	fmt.Println("ready", ln.Addr())
+	if err := localapi.New(localapitest.NewBackend(provisionedStatus()), localapi.Options{}).Serve(ctx, ln); err != nil {
+		fmt.Println("serve:", err)
+		return 1
+	}
+	return 0
 }
 
 // slowloris opens n connections, sends each an unfinished request header
@@ -189,4 +215,54 @@ func TestHostileClients(t *testing.T) {
 		t.Errorf("slowloris helper: %v", err)
 	}
 	t.Logf("slowloris from uid %d: %d connections held until the header timeout, %d refused at once", nobodyUID, held, refused)
+}
+
+// TestSocketActivation: handed a socket by systemd, Listen uses it and
+// ignores the configured path and group.
+func TestSocketActivation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	f, err := ul.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"=activated", "LISTEN_FDS=1")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The child holds the socket now, as a service holds systemd's.
+	f.Close()
+	ul.Close()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready "+path {
+		t.Fatalf("activated helper: %q", lines.Text())
+	}
+	st, err := client.New(path, "dpsd").Status(context.Background())
+	if err != nil || st.DeviceID != "dev-1" {
+		t.Errorf("status through the activated socket: %+v, %v", st, err)
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("activated helper: %v", err)
+	}
 }
