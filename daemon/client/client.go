@@ -107,6 +107,7 @@ type APIError struct {
 	Body       apitype.Error
 }
 
+// Error is the daemon's message followed by its fix.
 func (e *APIError) Error() string {
 	if e.Body.Fix == "" {
 		return e.Body.Error

@@ -97,6 +97,7 @@ type peerConn struct {
 	release func()
 }
 
+// Close closes the connection and gives its slot back, once.
 func (c *peerConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()

@@ -210,6 +210,7 @@ type LogBuffer struct {
 	b  strings.Builder
 }
 
+// Write appends p.
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -231,6 +232,7 @@ func Logger(t testing.TB) *slog.Logger {
 // testWriter sends the server's log to the test's log.
 type testWriter struct{ t testing.TB }
 
+// Write logs p as one line.
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
