@@ -42,17 +42,18 @@ func reprovisionCommand() command {
 		name:    "reprovision",
 		args:    "[--config F] [--socket PATH]",
 		summary: "Force a new registration with DPS (root only).",
-		detail:  "The status then shows reason \"requested\"; follow it with dpsd wait.",
+		detail:  "The old identity stays in use until DPS assigns the new one; the status then shows reason \"requested\".",
 		client:  true,
 		setup: func(_ *flag.FlagSet, e *env) func(context.Context) int {
 			return func(ctx context.Context) int {
 				ctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
-				st, err := e.client().Reprovision(ctx)
-				if err != nil {
+				if _, err := e.client().Reprovision(ctx); err != nil {
 					return e.fail("reprovision", err)
 				}
-				fmt.Fprintf(e.stdout, "re-provisioning requested (state: %s); follow it with: dpsd wait\n", st.State)
+				// The state may not have moved yet: the engine takes the
+				// request at its next step.
+				fmt.Fprintln(e.stdout, "re-provisioning requested; follow it with: dpsd status")
 				return ExitOK
 			}
 		},
