@@ -75,6 +75,10 @@ func (r *run) tpmDevice(context.Context) apitype.Check {
 		return fail(NameTPMDevice, detail,
 			`give the device to group tss, mode 0660 (apt install tpm-udev, or udev: KERNEL=="tpm*", GROUP="tss", MODE="0660")`)
 	}
+	if errors.Is(r.env.TPMErr, fs.ErrPermission) {
+		return fail(NameTPMDevice, fmt.Sprintf("opening %s: %v", path, r.env.TPMErr),
+			"this user may not open the TPM (dpsd may): run dpsd check as root")
+	}
 	if r.env.TPMErr != nil {
 		return fail(NameTPMDevice, fmt.Sprintf("opening %s: %v", path, r.env.TPMErr),
 			"see dmesg | grep -i tpm; stop other programs that hold /dev/tpm0")
