@@ -497,3 +497,20 @@ func closedPort(t *testing.T) string {
 	ln.Close()
 	return addr
 }
+
+// A technician without the rights dpsd has is told to use root, not to
+// debug the TPM.
+func TestTPMDeviceOpenedWithoutRights(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tpmrm0")
+	if err := os.WriteFile(path, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	cfg := offline(t)
+	cfg.TPM.Device = path
+	denied := &fs.PathError{Op: "open", Path: path, Err: fs.ErrPermission}
+	rep := check.Run(context.Background(), check.Env{Config: cfg, TPMErr: denied, ServiceUser: "root"})
+	c := find(t, rep, check.NameTPMDevice)
+	if c.Status != apitype.CheckFail || !strings.Contains(c.Fix, "as root") {
+		t.Errorf("tpm-device: %+v, want a failure that says to run as root", c)
+	}
+}
