@@ -35,14 +35,27 @@ func TestDebPackages(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	first, second := t.TempDir(), t.TempDir()
+	// Both builds run on copies of the tree as it is now, in two directories
+	// (the paths must not matter), with the version of the tree now: other
+	// work landing in a shared tree between the builds cannot change them.
+	stamp := []string{
+		"VERSION=" + strings.TrimSpace(output(t, "git", "-C", root, "describe", "--tags", "--always", "--dirty")),
+		"COMMIT=" + strings.TrimSpace(output(t, "git", "-C", root, "rev-parse", "--short", "HEAD")),
+		"SOURCE_DATE_EPOCH=" + strings.TrimSpace(output(t, "git", "-C", root, "log", "-1", "--format=%ct")),
+	}
+	src := snapshot(t, root)
+	second := snapshot(t, src)
 	start := time.Now()
-	makeDeb(t, root, first)
+	makeDeb(t, src, stamp)
 	t.Logf("first make deb: %s", time.Since(start).Round(time.Second))
 	start = time.Now()
-	makeDeb(t, root, second)
+	makeDeb(t, second, stamp)
 	t.Logf("second make deb: %s", time.Since(start).Round(time.Second))
-	debs := compareBuilds(t, first, second)
+	debs := compareBuilds(t, filepath.Join(src, "dist"), filepath.Join(second, "dist"))
+	if t.Failed() {
+		t.FailNow()
+	}
+	root = src
 
 	t.Run("lintian", func(t *testing.T) {
 		for _, arch := range debArches {
@@ -98,9 +111,23 @@ func output(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-func makeDeb(t *testing.T, root, dist string) {
+// snapshot copies the source tree, without its git directory and build
+// output, into a temporary directory.
+func snapshot(t *testing.T, root string) string {
 	t.Helper()
-	cmd := exec.Command("make", "-C", root, "deb", "ARCH=all", "DIST="+dist)
+	dst := t.TempDir()
+	cmd := exec.Command("sh", "-ec", `tar -C "$1" --exclude=./.git --exclude=./bin --exclude=./dist -cf - . | tar -C "$2" -xf -`,
+		"snapshot", root, dst)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("copying the tree: %v\n%s", err, out)
+	}
+	return dst
+}
+
+// makeDeb runs make deb for every architecture in root, into root/dist.
+func makeDeb(t *testing.T, root string, stamp []string) {
+	t.Helper()
+	cmd := exec.Command("make", append([]string{"-C", root, "deb", "ARCH=all"}, stamp...)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make deb: %v\n%s", err, out)
 	}
@@ -118,6 +145,9 @@ func compareBuilds(t *testing.T, first, second string) map[string]string {
 		}
 		a := matches[0]
 		b := filepath.Join(second, filepath.Base(a))
+		if _, err := os.Stat(b); err != nil {
+			t.Fatalf("the second build made no %s: %v", filepath.Base(a), err)
+		}
 		sumA, sizeA := fileSum(t, a)
 		sumB, _ := fileSum(t, b)
 		if sumA != sumB {
