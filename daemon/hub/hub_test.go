@@ -570,8 +570,13 @@ func TestInvokeMethodErrors(t *testing.T) {
 	if sub := silent.Subscribe("$iothub/methods/POST/#", 0, func(_ paho.Client, m paho.Message) { got <- m.Topic() }); !sub.WaitTimeout(wait) {
 		t.Fatal("no SUBACK")
 	}
-	if _, _, err := rawConnect(t, h, "unsubscribed", username("unsubscribed"), token(t, hubName, "unsubscribed", key, time.Now().Add(time.Hour))); err != nil {
+	unsubscribed, _, err := rawConnect(t, h, "unsubscribed", username("unsubscribed"), token(t, hubName, "unsubscribed", key, time.Now().Add(time.Hour)))
+	if err != nil {
 		t.Fatal(err)
+	}
+	// A round trip: the hub has taken the connection as the device's.
+	if sub := unsubscribed.Subscribe("$iothub/twin/res/#", 0, nil); !sub.WaitTimeout(wait) {
+		t.Fatal("no SUBACK")
 	}
 
 	tests := []struct {

@@ -14,7 +14,8 @@ import (
 )
 
 // Handlers serve the direct methods of a kept session. A nil handler makes
-// its method unknown (404).
+// its method unknown (404). Handlers run on their own goroutine and get
+// Stay's context; Stay does not wait for them to return.
 type Handlers struct {
 	// Reprovision is called after the hub has been answered 200 for the
 	// method "reprovision"; it re-registers the device with DPS.
@@ -83,13 +84,15 @@ func Stay(ctx context.Context, cfg Config, reported map[string]any, h Handlers, 
 			}
 		}
 
-		renew := time.NewTimer(c.expiry.Sub(cfg.now()) * 4 / 5)
+		// At 80 % of the token's life; never sooner than a second, so that
+		// a tiny TTL cannot make a reconnection storm.
+		renew := time.NewTimer(max(c.expiry.Sub(cfg.now())*4/5, time.Second))
 		select {
 		case <-ctx.Done():
 			renew.Stop()
 			c.close()
 			return nil
-		case <-renew.C: // at 80 % of the token's life
+		case <-renew.C:
 			// The hub closes a connection whose token expired, and MQTT
 			// cannot carry a new one: reconnect with a fresh token.
 			c.log.Info("renewing the hub token")

@@ -5,6 +5,25 @@
 // each device to its own topics, answers twin GET and reported PATCH, and
 // lets the emulator's admin API invoke direct methods.
 //
+// Behaviour, where the protocol leaves a choice:
+//   - CONNECT: MQTT 3.1.1 only; any api-version, but one must be present;
+//     the token's decoded sr must equal "{hub}/devices/{deviceId}"
+//     (ignoring case), whatever its encoding. Every refusal is CONNACK 0x05
+//     and one log line with the reason.
+//   - A token is accepted up to TokenGrace after its expiry, and the
+//     connection is closed once that has passed too: MQTT cannot carry a
+//     new token, so clients reconnect to renew, as with the real hub.
+//   - Deleting or disabling a device, or replacing its hub or key, closes
+//     its connection.
+//   - A publish outside the device's topics, or at QoS 2, closes the
+//     connection; a subscription outside them is refused in the SUBACK
+//     (0x80). Telemetry is accepted and dropped; nothing is retained.
+//   - Twin: desired is always {"$version":1}; reported starts empty at
+//     $version 1. A PATCH is a JSON merge patch (null deletes); 400 for a
+//     body that is not an object, names starting with '$' or holding '.'
+//     or ' ', or nesting deeper than 10; 413 above 32 KiB.
+//   - Answers (twin, methods) reach a device only if it subscribed to them.
+//
 // The registry is in memory; the DPS side of the emulator fills it with
 // UpsertDevice when it assigns a device, and keeps it across restarts.
 package hubemu
