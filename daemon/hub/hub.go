@@ -121,7 +121,6 @@ func (cfg Config) logger() *slog.Logger {
 
 // conn is one MQTT connection to the hub.
 type conn struct {
-	cfg    Config
 	log    *slog.Logger
 	client paho.Client
 	expiry time.Time     // of the token this connection authenticated with
@@ -159,7 +158,7 @@ func connect(ctx context.Context, cfg Config, methods *Handlers) (*conn, time.Du
 		return nil, 0, signError{err}
 	}
 
-	c := &conn{cfg: cfg, log: log, expiry: expiry, lost: make(chan struct{}), twin: map[string]chan twinAnswer{}}
+	c := &conn{log: log, expiry: expiry, lost: make(chan struct{}), twin: map[string]chan twinAnswer{}}
 	addr := cfg.Endpoint
 	if addr == "" {
 		addr = net.JoinHostPort(cfg.Hub, "8883")

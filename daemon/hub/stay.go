@@ -39,9 +39,9 @@ const (
 // one expires, and reconnects with backoff and jitter after a network
 // failure. It returns an error wrapping ErrRejected as soon as the hub
 // refuses the credentials, and one wrapping the signer's error when
-// signing fails (the TPM key may be gone: retrying cannot help). onState (may be nil) is called after each
-// connection (token renewals included) with connected = true, and after
-// each failure or loss with the reason.
+// signing fails (the TPM key may be gone: retrying cannot help). onState
+// (may be nil) is called after each connection (token renewals included)
+// with connected = true, and after each failure or loss with the reason.
 func Stay(ctx context.Context, cfg Config, reported map[string]any, h Handlers, onState func(connected bool, err error)) error {
 	if err := cfg.validate(); err != nil {
 		return err
@@ -49,7 +49,7 @@ func Stay(ctx context.Context, cfg Config, reported map[string]any, h Handlers, 
 	if onState == nil {
 		onState = func(bool, error) {}
 	}
-	log := cfg.logger()
+	log := cfg.logger().With("hub", cfg.Hub, "device", cfg.DeviceID)
 	var failures int
 	for {
 		c, _, err := connect(ctx, cfg, &h)
