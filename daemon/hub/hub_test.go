@@ -263,6 +263,27 @@ func TestPlainClient(t *testing.T) {
 	}
 }
 
+// TestMQTT31Refused: the hub speaks MQTT 3.1.1 only.
+func TestMQTT31Refused(t *testing.T) {
+	h := startHub(t, hubemu.Options{})
+	key := hubtest.Key(t)
+	h.UpsertDevice(hubName, "dev1", key)
+	c := paho.NewClient(paho.NewClientOptions().
+		AddBroker("tls://"+h.Addr).
+		SetClientID("dev1").
+		SetUsername(username("dev1")).
+		SetPassword(token(t, hubName, "dev1", key, time.Now().Add(time.Hour))).
+		SetProtocolVersion(3).
+		SetTLSConfig(tlsConfig(h)))
+	tok := c.Connect()
+	if !tok.WaitTimeout(wait) {
+		t.Fatal("no CONNACK")
+	}
+	if code := tok.(*paho.ConnectToken).ReturnCode(); code != 1 {
+		t.Fatalf("CONNACK %d, want 1 (unacceptable protocol version)", code)
+	}
+}
+
 // rawToken builds a token with sr exactly as given (§4.2: the HMAC covers
 // sr as sent).
 func rawToken(key []byte, sr string, expiry time.Time) string {
@@ -309,6 +330,20 @@ func TestOneConnectionPerDevice(t *testing.T) {
 	}
 	if info, _ := h.Device("dev1"); info.ConnectionState != "Connected" {
 		t.Errorf("connection state %q, want Connected", info.ConnectionState)
+	}
+
+	// A refused CONNECT for the same device ID does not drop the session.
+	if _, code, _ := rawConnect(t, h, "dev1", username("dev1"), tamper(tok)); code != 5 {
+		t.Fatalf("tampered token: CONNACK %d, want 5", code)
+	}
+	sub = second.Subscribe("$iothub/methods/POST/#", 0, nil)
+	if !sub.WaitTimeout(wait) || sub.Error() != nil {
+		t.Fatalf("session dropped by a refused CONNECT: %v", sub.Error())
+	}
+	select {
+	case err := <-second.lost:
+		t.Fatalf("session dropped by a refused CONNECT: %v", err)
+	default:
 	}
 }
 
