@@ -269,7 +269,7 @@ func TestMQTT31Refused(t *testing.T) {
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
 	c := paho.NewClient(paho.NewClientOptions().
-		AddBroker("tls://"+h.Addr).
+		AddBroker("tls://" + h.Addr).
 		SetClientID("dev1").
 		SetUsername(username("dev1")).
 		SetPassword(token(t, hubName, "dev1", key, time.Now().Add(time.Hour))).
