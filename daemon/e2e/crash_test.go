@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
@@ -31,14 +32,15 @@ func consistent(t *testing.T, d *device) {
 // DPS at each step of a registration; the next start must converge.
 func TestKilledDuringRegistration(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		faults map[string]any
-		during apitype.State
+		name           string
+		faults         map[string]any
+		during         apitype.State
+		afterChallenge bool
 	}{
 		// The challenge is imported, the authenticated PUT is in flight.
-		{"after the challenge import", map[string]any{"latency": "2s"}, apitype.StateRegistering},
+		{"after the challenge import", map[string]any{"latency": "2s"}, apitype.StateRegistering, true},
 		// The registration was accepted; DPS is still assigning.
-		{"after the second PUT", map[string]any{"assignAfterPolls": 5}, apitype.StateAssigning},
+		{"after the second PUT", map[string]any{"assignAfterPolls": 5}, apitype.StateAssigning, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			emu := startEmulator(t, t.TempDir(), "")
@@ -47,6 +49,12 @@ func TestKilledDuringRegistration(t *testing.T) {
 			emu.faults(tc.faults)
 			d.start()
 			d.waitFor(string(tc.during), func(s apitype.Status) bool { return s.State == tc.during })
+			if tc.afterChallenge {
+				// The challenge has been answered (the 401) and imported;
+				// the authenticated PUT is held up by the latency.
+				waitUntil(t, "the challenge answer", func() bool { return emu.stats()["status_401"] >= 1 })
+				time.Sleep(300 * time.Millisecond)
+			}
 			d.kill()
 
 			emu.faults(map[string]any{})

@@ -419,3 +419,15 @@ func fileSnapshot(t *testing.T, dir string) map[string]string {
 	}
 	return snap
 }
+
+// waitUntil polls cond; the deadline only bounds a broken run.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

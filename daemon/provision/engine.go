@@ -188,8 +188,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			wait = e.cfg.TPM.CheckInterval
 		}
-		// The TPM must be usable by now, or we are waiting for a retry
-		// anyway: either way systemd may consider the service started.
+		// After a failure before the TPM was usable (owned by someone
+		// else, say) the daemon still serves its status: it is up.
 		e.ready()
 		select {
 		case <-ctx.Done():
@@ -282,6 +282,10 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 			return err
 		}
 	}
+	// The TPM is usable and the identity proven or about to be obtained:
+	// the daemon is up (READY), provisioned or not.
+	e.ready()
+	e.refreshOwnership(ctx, dev)
 	if reason == "" {
 		e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 		return nil

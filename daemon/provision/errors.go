@@ -27,10 +27,21 @@ type permanent struct{ err error }
 func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
+// restart marks an error after which the registration should simply start
+// over soon: DPS refused a poll it had accepted the registration for (its
+// operation may have been lost), so a new challenge is likely to work.
+type restart struct{ err error }
+
+func (r restart) Error() string { return r.err.Error() }
+func (r restart) Unwrap() error { return r.err }
+
 func isPermanent(err error) bool {
 	var p permanent
+	var r restart
 	var de *dps.Error
 	switch {
+	case errors.As(err, &r):
+		return false
 	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled):
 		return true
 	case errors.As(err, &de):

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
@@ -81,6 +82,10 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 		case <-time.After(wait):
 		}
 		if op, err = e.o.DPS.Poll(ctx, regID, op.ID, token); err != nil {
+			var de *dps.Error
+			if errors.As(err, &de) && (de.HTTPStatus == http.StatusUnauthorized || de.HTTPStatus == http.StatusNotFound) {
+				err = restart{err}
+			}
 			return fmt.Errorf("polling the registration: %w", err)
 		}
 	}

@@ -100,7 +100,7 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 		if aerr != nil {
 			return k, aerr
 		}
-		k.ek, err = dev.EnsureEK(ctx, ekTemplate, owner, k.endorsementAuth)
+		k.ek, err = dev.EnsureEK(ctx, ekTemplate, k.endorsementAuth, owner)
 	}
 	if err != nil {
 		return k, fmt.Errorf("ensuring the EK: %w", err)
@@ -203,4 +203,15 @@ func readAuthFile(path string) ([]byte, error) {
 	}
 	// Files written with echo end in a newline that is not part of the auth.
 	return bytes.TrimSuffix(b, []byte("\n")), nil
+}
+
+// refreshOwnership puts the owner and lockout facts in the status. It runs
+// after READY, off the warm start's path; a failure only leaves them stale.
+func (e *Engine) refreshOwnership(ctx context.Context, dev *tpmdev.Device) {
+	own, err := dev.Ownership(ctx)
+	if err != nil {
+		e.log.Warn("reading the TPM's ownership failed", "err", err)
+		return
+	}
+	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
 }

@@ -64,6 +64,10 @@ type operation struct {
 	regKey    string
 	payload   json.RawMessage
 	pollsLeft int
+	// ch is the challenge whose key authenticated the operation: its polls
+	// are verified against it, so that a newer challenge (a device that
+	// restarted, a stale request finishing late) does not orphan it.
+	ch *challenge
 	// done: status and body of the terminal answer, repeated to later polls.
 	done       bool
 	doneStatus int
@@ -186,27 +190,42 @@ func checkEK(enr *Enrollment, ek []byte) *apiError {
 	return nil
 }
 
-// authorize verifies the SAS of an authenticated request against the
-// registration's latest challenge key (§4.1, §11.2). The caller holds s.mu.
+// authorizeLocked verifies the SAS of an authenticated request against
+// the registration's latest challenge key (§4.1, §11.2). The caller holds
+// s.mu.
 func (s *service) authorizeLocked(regID, authorization string, now time.Time) (*challenge, *apiError) {
-	if authorization == "" {
-		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "Authorization required")
-	}
-	tok, err := sas.Parse(authorization)
-	if err != nil {
-		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "unreadable SAS token: %v", err)
-	}
-	if tok.KeyName != keyName {
-		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "SAS key name %q, want %q", tok.KeyName, keyName)
+	tok, aerr := s.parseAuthorization(authorization)
+	if aerr != nil {
+		return nil, aerr
 	}
 	ch, ok := s.challenges[regKey(regID)]
 	if !ok {
 		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "no challenge outstanding for %s: send the registration without Authorization first", regID)
 	}
+	return ch, s.verifyLocked(tok, ch, regID, now)
+}
+
+// verifyLocked checks a parsed SAS against a challenge's key.
+func (s *service) verifyLocked(tok sas.Token, ch *challenge, regID string, now time.Time) *apiError {
 	if err := tok.Verify(ch.key, s.idScope+"/registrations/"+regID, now, sasSkew); err != nil {
-		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "SAS rejected: %v", err)
+		return errorf(http.StatusUnauthorized, codeUnauthorized, "SAS rejected: %v", err)
 	}
-	return ch, nil
+	return nil
+}
+
+// parseAuthorization reads a request's SAS and checks its key name.
+func (s *service) parseAuthorization(authorization string) (sas.Token, *apiError) {
+	if authorization == "" {
+		return sas.Token{}, errorf(http.StatusUnauthorized, codeUnauthorized, "Authorization required")
+	}
+	tok, err := sas.Parse(authorization)
+	if err != nil {
+		return sas.Token{}, errorf(http.StatusUnauthorized, codeUnauthorized, "unreadable SAS token: %v", err)
+	}
+	if tok.KeyName != keyName {
+		return sas.Token{}, errorf(http.StatusUnauthorized, codeUnauthorized, "SAS key name %q, want %q", tok.KeyName, keyName)
+	}
+	return tok, nil
 }
 
 // register answers an authenticated PUT register: it starts an operation
@@ -246,6 +265,7 @@ func (s *service) register(regID, authorization string, ek, srk []byte, payload 
 		regKey:    key,
 		payload:   payload,
 		pollsLeft: s.faults.assignAfterPolls(s.assignAfterPolls),
+		ch:        ch,
 	}
 	ch.lastOpID = op.id
 	s.ops[op.id] = op
@@ -264,13 +284,22 @@ type pollResult struct {
 func (s *service) poll(regID, opID, authorization string, now time.Time) (pollResult, *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ch, aerr := s.authorizeLocked(regID, authorization, now)
+	op, ok := s.ops[opID]
+	if !ok || op.regKey != regKey(regID) {
+		// Unknown operations are refused like DPS does, but only to a
+		// caller whose token verifies against the latest challenge.
+		if _, aerr := s.authorizeLocked(regID, authorization, now); aerr != nil {
+			return pollResult{}, aerr
+		}
+		return pollResult{}, errorf(http.StatusNotFound, codeUnknownOperation, "operation %s not found for %s", opID, regID)
+	}
+	tok, aerr := s.parseAuthorization(authorization)
 	if aerr != nil {
 		return pollResult{}, aerr
 	}
-	op, ok := s.ops[opID]
-	if !ok || op.regKey != regKey(regID) {
-		return pollResult{}, errorf(http.StatusNotFound, codeUnknownOperation, "operation %s not found for %s", opID, regID)
+	ch := op.ch
+	if aerr := s.verifyLocked(tok, ch, regID, now); aerr != nil {
+		return pollResult{}, aerr
 	}
 	if op.done {
 		return pollResult{op.doneStatus, op.doneBody}, nil
