@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-)
 
-// tmpSuffix names the file a write goes to before it is renamed into place.
-const tmpSuffix = ".tmp"
+	"github.com/dpsd-project/dpsd/daemon/atomicfile"
+)
 
 // StageIdentity writes key (the marshalled SRK-wrapped key; opaque here) to
 // identity.key.new, atomically, leaving identity.key as it is.
@@ -28,7 +27,7 @@ func (s Store) CommitIdentity() error {
 	if err := os.Rename(s.path(StagedIdentityFile), s.path(IdentityFile)); err != nil {
 		return fmt.Errorf("switching to the staged identity key: %w", err)
 	}
-	if err := syncDir(s.Dir); err != nil {
+	if err := atomicfile.SyncDir(s.Dir); err != nil {
 		return fmt.Errorf("switching to the staged identity key: %w", err)
 	}
 	return nil
@@ -85,55 +84,11 @@ func (s Store) read(name, what string) ([]byte, error) {
 }
 
 // writeAtomic replaces the file name in s.Dir with data (mode 0600), such
-// that a crash leaves either the old or the new contents: write name.tmp,
-// fsync it, rename it over name, fsync the directory. The directory is
+// that a crash leaves either the old or the new contents. The directory is
 // created (mode 0700) if missing.
-func (s Store) writeAtomic(name string, data []byte) (err error) {
+func (s Store) writeAtomic(name string, data []byte) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("creating the state directory: %w", err)
 	}
-	final := s.path(name)
-	tmp := final + tmpSuffix
-	// A tmp file left by a crash was never renamed, so it holds nothing
-	// anyone needs. Removing it first lets O_EXCL guarantee a new file of
-	// mode 0600 (never someone else's file or a symlink).
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing a stale temporary file: %w", err)
-	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("creating a temporary file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("flushing %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("renaming into place: %w", err)
-	}
-	return syncDir(s.Dir)
-}
-
-// syncDir makes the directory's entries (a rename) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening the state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("flushing the state directory: %w", err)
-	}
-	return nil
+	return atomicfile.WriteFile(s.path(name), data, 0o600)
 }

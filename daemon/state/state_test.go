@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/atomicfile"
 )
 
 func sample() State {
@@ -57,7 +59,7 @@ func assertMode(t *testing.T, path string, want fs.FileMode) {
 // assertNoTemp fails if a write left a temporary file behind.
 func assertNoTemp(t *testing.T, dir string) {
 	t.Helper()
-	tmps, err := filepath.Glob(filepath.Join(dir, "*"+tmpSuffix))
+	tmps, err := filepath.Glob(filepath.Join(dir, "*"+atomicfile.TmpSuffix))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +184,7 @@ func TestLoadCorrupt(t *testing.T) {
 func TestStaleTemporaryFiles(t *testing.T) {
 	s := Store{Dir: t.TempDir()}
 	for _, name := range []string{StateFile, StagedIdentityFile, OwnerAuthFile} {
-		if err := os.WriteFile(filepath.Join(s.Dir, name+tmpSuffix), []byte("half a fi"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(s.Dir, name+atomicfile.TmpSuffix), []byte("half a fi"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
