@@ -185,6 +185,8 @@ type device struct {
 	cmd     *exec.Cmd
 	log     *logBuffer
 	waitErr chan error
+	// bin, when set, is the dpsd binary `run` starts instead of dpsdBin.
+	bin string
 }
 
 // newDevice makes a device with a fresh swtpm, configured for emu. extra
@@ -293,7 +295,11 @@ func (d *device) enroll(extra map[string]any) apitype.EnrollInfo {
 // start runs `dpsd run`.
 func (d *device) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(dpsdBin, "run", "--config", d.cfgPath)
+	bin := dpsdBin
+	if d.bin != "" {
+		bin = d.bin
+	}
+	d.cmd = exec.Command(bin, "run", "--config", d.cfgPath)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("starting dpsd: %v", err)
