@@ -64,7 +64,9 @@ func (d *Device) ActivateAndImport(ctx context.Context, b *authblob.Blob, endors
 // activate runs TPM2_ActivateCredential in a policy session it flushes on
 // every path, and returns the credential (the blob's inner wrapping key).
 func activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob, endorsementAuth []byte) (inner []byte, err error) {
-	sess, closeSess, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
+	// The session's closer keeps the transport it was made with: make it
+	// one that flushes even after a cancellation.
+	sess, closeSess, err := tpm2.PolicySession(uncancellable(t), tpm2.TPMAlgSHA256, 16)
 	if err != nil {
 		return nil, commandError(tpm2.TPMCCStartAuthSession, err)
 	}

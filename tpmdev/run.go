@@ -1,6 +1,7 @@
 package tpmdev
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -17,10 +18,24 @@ func run[R any, C tpm2.Command[R, *R]](t transport.TPM, cmd C, s ...tpm2.Session
 }
 
 // flush flushes a transient object or session; its error joins the
-// operation's so a leak is never silent.
+// operation's so a leak is never silent. It runs even when the operation's
+// context has ended: a client that hangs up between Load and FlushContext
+// must not leave the object in the TPM (on /dev/tpmrm0 it would hold one
+// of the daemon's few transient slots until a restart).
 func flush(t transport.TPM, h tpm2.TPMHandle, err *error) {
-	_, ferr := run(t, tpm2.FlushContext{FlushHandle: h})
+	_, ferr := run(uncancellable(t), tpm2.FlushContext{FlushHandle: h})
 	*err = also(*err, ferr)
+}
+
+// uncancellable is t without the operation's cancellation, for cleanup.
+func uncancellable(t transport.TPM) transport.TPM {
+	c, ok := t.(*countingTPM)
+	if !ok {
+		return t
+	}
+	cc := *c
+	cc.ctx = context.WithoutCancel(c.ctx)
+	return &cc
 }
 
 // also adds a cleanup failure to an operation's error, keeping both
