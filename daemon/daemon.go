@@ -6,11 +6,9 @@ package daemon
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -34,7 +32,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	roots, err := TrustAnchors(cfg.Network.CAFile)
+	roots, err := cfg.Network.RootCAs()
 	if err != nil {
 		return err
 	}
@@ -76,6 +74,10 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	})
 
 	log.Info("dpsd starting", "config", configPath, "tpm", cfg.TPM.Device, "state_dir", cfg.State.Dir, "socket", cfg.Status.Socket)
+	// A dead status socket stops everything: systemd restarts the service
+	// rather than keep a daemon nobody can ask.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
 	wg.Go(func() {
@@ -92,31 +94,12 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	}
 	notify.Stopping()
 	log.Info("dpsd stopping")
+	cancel()
 	wg.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
-}
-
-// TrustAnchors is the system's roots plus the PEM file from [network]
-// ca_file, if any.
-func TrustAnchors(caFile string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if caFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("reading [network] ca_file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("[network] ca_file %s holds no PEM certificate", caFile)
-	}
-	return pool, nil
 }
 
 // backend is what the status socket serves: the engine plus the

@@ -39,24 +39,6 @@ func (r *run) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	return d.DialContext(ctx, network, addr)
 }
 
-// rootCAs is the system pool plus [network] ca_file, as the daemon trusts.
-func (r *run) rootCAs() (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if f := r.cfg.Network.CAFile; f != "" {
-		pem, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("reading [network] ca_file: %w", err)
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("[network] ca_file %s holds no PEM certificate", f)
-		}
-	}
-	return pool, nil
-}
-
 // proxy is [network] proxy, else HTTPS_PROXY from the environment.
 func (r *run) proxy() (func(*http.Request) (*url.URL, error), error) {
 	if p := r.cfg.Network.Proxy; p != "" {
@@ -103,7 +85,7 @@ func (r *run) dpsTLS(ctx context.Context) apitype.Check {
 		return warn(NameDPSTLS, "not checked: the DPS name does not resolve", "see the dps-dns check")
 	}
 	endpoint := r.cfg.Provisioning.GlobalEndpoint
-	roots, err := r.rootCAs()
+	roots, err := r.cfg.Network.RootCAs()
 	if err != nil {
 		return fail(NameDPSTLS, err.Error(), "fix or empty [network] ca_file")
 	}
@@ -146,7 +128,7 @@ func (r *run) hubTLS(ctx context.Context) apitype.Check {
 	if o := r.cfg.Hub.EndpointOverride; o != "" {
 		addr = o
 	}
-	roots, err := r.rootCAs()
+	roots, err := r.cfg.Network.RootCAs()
 	if err != nil {
 		return fail(NameHubTLS, err.Error(), "fix or empty [network] ca_file")
 	}

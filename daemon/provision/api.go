@@ -22,6 +22,9 @@ func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, e
 	if id == nil {
 		return apitype.Token{}, ErrNotProvisioned
 	}
+	if !e.clockTrusted() {
+		return apitype.Token{}, errClockUnset
+	}
 	expiry := e.now().Add(ttl).Truncate(time.Second)
 	tok, err := sas.New(ctx, id.hub+"/devices/"+id.deviceID, expiry, "", e.signer(e.device(), id.key))
 	if err != nil {

@@ -28,8 +28,8 @@ import (
 type Options struct {
 	Config *config.Config
 	Store  *state.Store
-	// OpenTPM opens the configured TPM; an error that wraps fs.ErrNotExist
-	// means the device has not appeared yet (udev may be late).
+	// OpenTPM opens the configured TPM; the engine retries until it works
+	// (the device may appear late).
 	OpenTPM func() (*tpmdev.Device, error)
 	DPS     DPS
 	// Hub says how to reach the assigned hub; nil never connects to it.
@@ -58,18 +58,20 @@ type Engine struct {
 	status   apitype.Status
 	dev      *tpmdev.Device
 	identity *identity // the committed, working hub identity; nil when none
-	// clockOffset corrects a wrong system clock with the DPS server's Date.
-	clockOffset time.Duration
-	ekPublic    []byte // the EK's TPM2B_PUBLIC, once read
-	readyOnce   sync.Once
+	// serverTime stands in for a system clock that is certainly wrong (before
+	// this build's date): the DPS server's Date, read at serverTimeAt (whose
+	// monotonic reading measures the time since).
+	serverTime, serverTimeAt time.Time
+	ekPublic                 []byte // the EK's TPM2B_PUBLIC, once read
+	readyOnce                sync.Once
 
 	// Hub bookkeeping. hubVerified is the identity the hub last accepted;
-	// session belongs to Run's goroutine; the rejection counters are
-	// shared with the session goroutine and guarded by mu.
+	// session belongs to Run's goroutine; hubRejections (rejections since
+	// the hub last accepted the device) is shared with the session
+	// goroutine and guarded by mu.
 	hubVerified   *identity
 	session       *session
 	hubRejections int
-	nextHubRetry  time.Time
 }
 
 // identity is what signs hub tokens: the SRK-wrapped HMAC key and where it
@@ -116,17 +118,38 @@ func (e *Engine) Status() apitype.Status {
 // Reprovision asks for a new registration with the given reason. It does not
 // wait; the status shows the progress.
 func (e *Engine) Reprovision(reason apitype.Reason) {
+	if reason == "" {
+		reason = apitype.ReasonRequested
+	}
 	select {
 	case e.requests <- reason:
 	default: // one is already pending; it does the same work
 	}
 }
 
-// now is the corrected wall clock.
+// now is the time tokens are dated by: the system clock once it is sane,
+// else the DPS server's clock when one was seen.
 func (e *Engine) now() time.Time {
+	local := e.o.Now()
+	if !local.Before(version.BuildTime()) {
+		return local
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.o.Now().Add(e.clockOffset)
+	if e.serverTime.IsZero() {
+		return local
+	}
+	return e.serverTime.Add(time.Since(e.serverTimeAt))
+}
+
+// clockTrusted reports whether now can date a token.
+func (e *Engine) clockTrusted() bool {
+	if !e.o.Now().Before(version.BuildTime()) {
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.serverTime.IsZero()
 }
 
 func (e *Engine) setPhase(s apitype.State, text string) {
@@ -167,11 +190,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer dev.Close()
 	defer e.stopSession()
 
+	// reason forces a registration; it is kept until one succeeds, so a
+	// technician's request survives a transient DPS failure.
 	reason := apitype.Reason("")
 	failures := 0
 	for {
-		err := e.converge(ctx, dev, &rec, reason)
-		reason = ""
+		var err error
+		if reason == apitype.ReasonHubRejected && !e.hubRetryDue() {
+			err = errHubStillRejects
+		} else {
+			err = e.converge(ctx, dev, &rec, reason)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -179,8 +208,14 @@ func (e *Engine) Run(ctx context.Context) error {
 		if err != nil {
 			failures++
 			wait = e.fail(err, failures)
+			if errors.Is(err, errHubStillRejects) {
+				// After the slow wait the next rejection earns one more
+				// registration.
+				reason = ""
+				e.resetHubRejections()
+			}
 		} else {
-			failures = 0
+			reason, failures = "", 0
 			e.update(func(s *apitype.Status) { s.LastError = nil; s.NextAttemptAt = nil })
 			if r := e.checkHub(ctx, &rec); r != "" {
 				reason = r
@@ -188,16 +223,29 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			wait = e.cfg.TPM.CheckInterval
 		}
-		// After a failure before the TPM was usable (owned by someone
-		// else, say) the daemon still serves its status: it is up.
+		// A failure before the TPM was usable (owned by someone else, say)
+		// must not keep systemd waiting for READY until its start timeout
+		// kills the service: the daemon is up and reports why it waits.
 		e.ready()
 		select {
 		case <-ctx.Done():
 			return nil
-		case reason = <-e.requests:
-			e.log.Info("reprovisioning requested", "reason", string(reason))
+		case r := <-e.requests:
+			if r != "" {
+				reason = r
+				e.log.Info("registration requested", "reason", string(r))
+			}
 		case <-time.After(wait):
 		}
+	}
+}
+
+// recheck wakes Run to compare the TPM with the record at once: a key that
+// no longer loads means the TPM was probably cleared.
+func (e *Engine) recheck() {
+	select {
+	case e.requests <- "":
+	default: // a request is pending; it re-checks as well
 	}
 }
 
@@ -209,8 +257,11 @@ func (e *Engine) fail(err error, n int) time.Duration {
 	next := e.o.Now().Add(wait).UTC().Truncate(time.Second)
 	msg := err.Error()
 	st := apitype.StateFailed
-	if errors.Is(err, ErrDisabled) {
+	switch {
+	case errors.Is(err, ErrDisabled):
 		st = apitype.StateDisabled
+	case errors.Is(err, errClockUnset):
+		st = apitype.StateWaitingForTime
 	}
 	e.update(func(s *apitype.Status) {
 		s.LastError = &msg
@@ -227,23 +278,25 @@ func (e *Engine) loadRecord() state.State {
 	rec, found, err := e.o.Store.Load()
 	if err != nil {
 		e.log.Error("state file unusable: treating the device as fresh", "dir", e.cfg.State.Dir, "err", err)
-		return state.State{}
+		rec, found = state.State{}, false
+	}
+	switch staged, err := e.o.Store.LoadStaged(); {
+	case err != nil:
+		e.log.Error("reading the staged identity key failed", "err", err)
+	case staged == nil:
+	case found && rec.IdentityDigest == digest(staged):
+		// The record names the staged key: the crash came after the
+		// record was saved, so the switch must be finished.
+		err = e.o.Store.CommitIdentity()
+		e.log.Info("finished an interrupted identity switch", "err", err)
+	default:
+		// No record names it: the registration that staged it never
+		// completed, and the old identity stays.
+		err = e.o.Store.DiscardStaged()
+		e.log.Info("discarded an identity from an interrupted registration", "err", err)
 	}
 	if !found {
 		return state.State{}
-	}
-	staged, err := e.o.Store.LoadStaged()
-	if err == nil && staged != nil {
-		// The record names the identity it belongs to: if it names the
-		// staged one, the crash came after the record was saved and the
-		// switch must be finished; otherwise the staged key never made it.
-		if rec.IdentityDigest == digest(staged) {
-			err = e.o.Store.CommitIdentity()
-			e.log.Info("finished an interrupted identity switch", "err", err)
-		} else {
-			err = e.o.Store.DiscardStaged()
-			e.log.Info("discarded an identity from an interrupted registration", "err", err)
-		}
 	}
 	e.update(func(s *apitype.Status) {
 		s.RegistrationID = rec.RegistrationID
@@ -285,8 +338,15 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 	// The TPM is usable and the identity proven or about to be obtained:
 	// the daemon is up (READY), provisioned or not.
 	e.ready()
-	e.refreshOwnership(ctx, dev)
+	if err := e.ensureOwnership(ctx, dev); err != nil {
+		return err
+	}
 	if reason == "" {
+		if !e.clockTrusted() {
+			// The identity works, but every token it signed now would be
+			// dated decades ago; the hub would refuse them.
+			return errClockUnset
+		}
 		e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 		return nil
 	}

@@ -14,11 +14,20 @@ var (
 	// with. A new TPM needs a new enrollment; dpsd never re-enrolls silently.
 	ErrTPMReplaced = errors.New("the TPM was replaced (its endorsement key changed): create a new DPS enrollment for this device's new EK (dpsd enroll-info), then run dpsd reprovision")
 	// ErrOwnedByOther: the owner hierarchy has an auth dpsd does not know and
-	// there is no SRK; dpsd never guesses (each guess counts toward lockout).
+	// there is no SRK; dpsd never guesses an auth it was not given.
 	ErrOwnedByOther = errors.New("the TPM is owned by someone else and has no SRK at 0x81000001: clear the TPM (tpm2_clear) or set [tpm] ownership = \"shared\" with owner_auth_file")
 	// ErrDisabled: DPS says the enrollment is disabled.
 	ErrDisabled = errors.New("DPS reports the enrollment as disabled: enable it in the DPS enrollment")
 )
+
+// errHubStillRejects: the hub refused the device again right after a new
+// registration; only an operator can fix that (a disabled or deleted
+// device on the hub, a DPS allocation to the wrong hub).
+var errHubStillRejects = errors.New("the hub still refuses the device after a new registration: check that the device exists and is enabled on its IoT Hub, and that DPS allocates it to that hub")
+
+// errClockUnset: the system clock is before this build's date and no
+// server's clock is known yet; tokens signed now would be rejected.
+var errClockUnset = errors.New("the system clock is before this build's date: waiting for time sync (systemd-timesyncd or NTP)")
 
 // permanent marks an error that retrying soon will not fix: the state
 // becomes failed (or disabled) and the next attempt is slow.
@@ -42,7 +51,8 @@ func isPermanent(err error) bool {
 	switch {
 	case errors.As(err, &r):
 		return false
-	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled):
+	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled),
+		errors.Is(err, errHubStillRejects):
 		return true
 	case errors.As(err, &de):
 		// DPS refused the device itself (unknown enrollment, EK mismatch):

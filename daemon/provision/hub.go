@@ -41,9 +41,7 @@ func (e *Engine) checkHub(ctx context.Context, rec *state.State) apitype.Reason 
 	switch {
 	case err == nil:
 		e.hubVerified = id
-		e.mu.Lock()
-		e.hubRejections = 0
-		e.mu.Unlock()
+		e.resetHubRejections()
 		e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "ok"} })
 		e.log.Info("hub accepted the device", "hub", id.hub, "device_id", id.deviceID, "connect", took.Round(time.Millisecond).String())
 		return ""
@@ -51,7 +49,8 @@ func (e *Engine) checkHub(ctx context.Context, rec *state.State) apitype.Reason 
 		e.update(func(s *apitype.Status) {
 			s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "rejected", Error: err.Error()}
 		})
-		return e.hubRejected(err)
+		e.log.Warn("hub rejected the device", "hub", id.hub, "device_id", id.deviceID, "err", err)
+		return apitype.ReasonHubRejected
 	default:
 		// Unreachable: the identity may be fine; try again at the next
 		// round, never re-register for a network problem.
@@ -63,25 +62,27 @@ func (e *Engine) checkHub(ctx context.Context, rec *state.State) apitype.Reason 
 	}
 }
 
-// hubRejected decides whether a rejection earns a re-registration: the
-// first one does; while re-registering does not help, later ones wait for
-// the backoff so that a deleted device cannot make the daemon hammer DPS.
-func (e *Engine) hubRejected(err error) apitype.Reason {
+// hubRetryDue decides whether a hub rejection earns a registration: the
+// first one since the hub last accepted the device does; a second means
+// registering did not help, and Run backs off slowly instead (a deleted
+// device must not make the daemon hammer DPS).
+func (e *Engine) hubRetryDue() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.hubRejections++
-	if e.hubRejections == 1 || !e.o.Now().Before(e.nextHubRetry) {
-		e.nextHubRetry = e.o.Now().Add(e.o.Retry.Delay(e.hubRejections, 0, false))
-		e.log.Warn("hub rejected the device: registering again", "rejections", e.hubRejections, "err", err)
-		return apitype.ReasonHubRejected
-	}
-	e.log.Warn("hub still rejects the device", "rejections", e.hubRejections, "next_registration", e.nextHubRetry.Format(time.RFC3339), "err", err)
-	return ""
+	return e.hubRejections == 1
 }
 
-// startSession keeps one hub session per identity (stay_connected).
+func (e *Engine) resetHubRejections() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.hubRejections = 0
+}
+
+// startSession keeps one hub session per identity (stay_connected), and
+// starts it again when it ended (the hub refused a token, say).
 func (e *Engine) startSession(ctx context.Context, rec *state.State, id *identity) {
-	if e.session != nil && e.session.id == id {
+	if s := e.session; s != nil && s.id == id && !s.ended() {
 		return
 	}
 	e.stopSession()
@@ -89,31 +90,40 @@ func (e *Engine) startSession(ctx context.Context, rec *state.State, id *identit
 	s := &session{id: id, cancel: cancel, done: make(chan struct{})}
 	e.session = s
 	reported := e.reported(rec)
+	handlers := hub.Handlers{
+		Reprovision: func(context.Context) error { e.Reprovision(apitype.ReasonRequested); return nil },
+		Status:      func() any { return e.Status() },
+	}
+	onState := func(connected bool, err error) {
+		now := e.o.Now().UTC().Truncate(time.Second)
+		if connected {
+			e.resetHubRejections()
+		}
+		e.update(func(st *apitype.Status) {
+			st.Hub.Connected = connected
+			st.Hub.CheckedAt = &now
+			if connected {
+				st.Hub.Result, st.Hub.Error = "ok", ""
+			} else if err != nil {
+				st.Hub.Result, st.Hub.Error = "unreachable", err.Error()
+			}
+		})
+	}
 	go func() {
 		defer close(s.done)
-		handlers := hub.Handlers{
-			Reprovision: func(context.Context) error { e.Reprovision(apitype.ReasonRequested); return nil },
-			Status:      func() any { return e.Status() },
+		err := hub.Stay(sctx, e.hubConfig(id), reported, handlers, onState)
+		if sctx.Err() != nil {
+			return
 		}
-		err := hub.Stay(sctx, e.hubConfig(id), reported, handlers, func(connected bool, err error) {
-			now := e.o.Now().UTC().Truncate(time.Second)
-			e.update(func(st *apitype.Status) {
-				st.Hub.Connected = connected
-				st.Hub.CheckedAt = &now
-				if connected {
-					st.Hub.Result, st.Hub.Error = "ok", ""
-				} else if err != nil {
-					st.Hub.Result, st.Hub.Error = "unreachable", err.Error()
-				}
-			})
-		})
-		if errors.Is(err, hub.ErrRejected) && sctx.Err() == nil {
+		switch {
+		case errors.Is(err, hub.ErrRejected):
 			e.update(func(st *apitype.Status) {
 				st.Hub.Result, st.Hub.Error, st.Hub.Connected = "rejected", err.Error(), false
 			})
-			if r := e.hubRejected(err); r != "" {
-				e.Reprovision(r)
-			}
+			e.log.Warn("hub rejected the device", "hub", id.hub, "device_id", id.deviceID, "err", err)
+			e.Reprovision(apitype.ReasonHubRejected)
+		case err != nil: // the signer has asked for a re-check if the key died
+			e.log.Error("hub session ended", "err", err)
 		}
 	}()
 }
@@ -131,6 +141,15 @@ type session struct {
 	id     *identity
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+func (s *session) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (e *Engine) hubConfig(id *identity) hub.Config {

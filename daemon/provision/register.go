@@ -72,7 +72,7 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 
 	e.setPhase(apitype.StateAssigning, "waiting for DPS to assign a hub")
 	for op.Status == "assigning" || op.Status == "unassigned" {
-		wait := op.RetryAfter
+		wait := min(op.RetryAfter, e.o.Retry.Max)
 		if wait <= 0 {
 			wait = defaultPoll
 		}
@@ -123,7 +123,7 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 		return fmt.Errorf("encoding the identity key: %w", err)
 	}
 	if err := e.o.Store.StageIdentity(raw); err != nil {
-		return fmt.Errorf("writing the new identity key: %w", err)
+		return err // names what it was staging
 	}
 	fp := keys.fingerprint()
 	next := state.State{
@@ -145,7 +145,7 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 	}
 	if err := e.o.Store.CommitIdentity(); err != nil {
 		// The record names the staged key: the next start finishes this.
-		return fmt.Errorf("switching to the new identity key: %w", err)
+		return err
 	}
 	*rec = next
 	e.setIdentity(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
@@ -187,27 +187,32 @@ func (e *Engine) importBlob(ctx context.Context, dev *tpmdev.Device, keys tpmKey
 }
 
 // signer signs with key inside the TPM.
+// A key that no longer loads wakes the engine to look for a cleared TPM.
 func (e *Engine) signer(dev *tpmdev.Device, key *tpmdev.WrappedKey) sas.Signer {
 	return func(ctx context.Context, data []byte) ([]byte, error) {
-		return dev.HMAC(ctx, key, data)
+		sig, err := dev.HMAC(ctx, key, data)
+		if errors.Is(err, tpmdev.ErrKeyInvalidated) {
+			e.recheck()
+		}
+		return sig, err
 	}
 }
 
 // checkClock makes sure tokens are not signed with a clock that is
 // certainly wrong: before the binary was built. The DPS server's Date then
-// stands in for it.
+// stands in for it until the system clock is set.
 func (e *Engine) checkClock(serverDate time.Time) error {
 	if !e.o.Now().Before(version.BuildTime()) {
 		return nil
 	}
 	if serverDate.IsZero() {
-		e.setPhase(apitype.StateWaitingForTime, "waiting for the system clock (it is before this build's date)")
-		return errors.New("the system clock is before this build's date and DPS sent no Date: waiting for time sync")
+		return errClockUnset
 	}
 	e.mu.Lock()
-	e.clockOffset = serverDate.Sub(e.o.Now())
+	e.serverTime, e.serverTimeAt = serverDate, time.Now()
 	e.mu.Unlock()
-	e.log.Warn("system clock is wrong: using the DPS server's time for tokens", "offset", e.clockOffset.Round(time.Second).String())
+	e.log.Warn("system clock is before this build's date: using the DPS server's time for tokens",
+		"system", e.o.Now().UTC().Format(time.RFC3339), "server", serverDate.UTC().Format(time.RFC3339))
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -40,9 +41,11 @@ func (k tpmKeys) fingerprint() fingerprint {
 	return fingerprint{ekDigest: hex.EncodeToString(d[:]), srkName: hex.EncodeToString(k.srk.Name)}
 }
 
-// waitForTPM opens the TPM, waiting for a device that has not appeared yet.
+// waitForTPM opens the TPM, waiting for a device that has not appeared yet
+// (udev may be late, a module may load later).
 func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 	delay := time.Second
+	var last string
 	for {
 		dev, err := e.o.OpenTPM()
 		if err == nil {
@@ -53,12 +56,17 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 			return dev, nil
 		}
 		msg := err.Error()
+		if errors.Is(err, fs.ErrPermission) {
+			msg += ": the service user needs the group that owns the device (tss on Debian, from the tpm-udev package)"
+		}
 		e.update(func(s *apitype.Status) { s.LastError = &msg })
 		e.setPhase(apitype.StateWaitingForTPM, "waiting for the TPM: "+msg)
-		if !errors.Is(err, fs.ErrNotExist) {
-			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", err)
+		if msg != last { // once per cause, not every retry
+			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", msg)
+			last = msg
 		}
-		// Serve status meanwhile: a technician must see why we wait.
+		// The daemon is up and says what it waits for; READY keeps
+		// systemd's start timeout from killing it meanwhile.
 		e.ready()
 		select {
 		case <-ctx.Done():
@@ -74,7 +82,7 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, error) {
 	var k tpmKeys
 	var err error
-	shared := e.cfg.TPM.Ownership == "shared"
+	shared := e.cfg.TPM.Ownership == config.OwnershipShared
 	if shared {
 		if k.endorsementAuth, err = readAuthFile(e.cfg.TPM.EndorsementAuthFile); err != nil {
 			return k, permanent{fmt.Errorf("reading the endorsement auth: %w", err)}
@@ -89,7 +97,7 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 	}
 
 	ekTemplate := tpmdev.EKTemplateTCG
-	if e.cfg.TPM.EKTemplate == "azure-sdk" {
+	if e.cfg.TPM.EKTemplate == config.EKTemplateAzureSDK {
 		ekTemplate = tpmdev.EKTemplateAzureSDK
 	}
 	// Reading is free; only creating the EK or SRK needs the owner auth,
@@ -102,6 +110,9 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 		}
 		k.ek, err = dev.EnsureEK(ctx, ekTemplate, k.endorsementAuth, owner)
 	}
+	if errors.Is(err, tpmdev.ErrForeignObject) {
+		return k, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
+	}
 	if err != nil {
 		return k, fmt.Errorf("ensuring the EK: %w", err)
 	}
@@ -113,6 +124,8 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 	switch {
 	case err == nil:
 		return k, nil
+	case errors.Is(err, tpmdev.ErrForeignObject):
+		return k, permanent{fmt.Errorf("0x81000001 holds a key that is not the standard SRK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81000001) or clear the TPM: %w", err)}
 	case !errors.Is(err, tpmdev.ErrNotFound):
 		return k, fmt.Errorf("reading the SRK: %w", err)
 	}
@@ -158,7 +171,7 @@ func (e *Engine) takeOwnership(ctx context.Context, dev *tpmdev.Device) error {
 		return fmt.Errorf("sealing the owner auth: %w", err)
 	}
 	if err := e.o.Store.SaveOwnerAuth(sealed); err != nil {
-		return fmt.Errorf("saving the sealed owner auth: %w", err)
+		return err // names what it was saving
 	}
 	if err := dev.SetOwnerAuth(ctx, nil, auth); err != nil {
 		return fmt.Errorf("setting the owner auth: %w", err)
@@ -205,13 +218,21 @@ func readAuthFile(path string) ([]byte, error) {
 	return bytes.TrimSuffix(b, []byte("\n")), nil
 }
 
-// refreshOwnership puts the owner and lockout facts in the status. It runs
-// after READY, off the warm start's path; a failure only leaves them stale.
-func (e *Engine) refreshOwnership(ctx context.Context, dev *tpmdev.Device) {
+// ensureOwnership puts the owner and lockout facts in the status and, in
+// take mode, takes ownership of a TPM whose owner auth is empty although
+// its SRK exists: a first boot interrupted between creating the SRK and
+// setting the auth, or an SRK made by a factory tool. It runs after READY,
+// off the warm start's path; a failed read only leaves the facts stale.
+func (e *Engine) ensureOwnership(ctx context.Context, dev *tpmdev.Device) error {
 	own, err := dev.Ownership(ctx)
 	if err != nil {
 		e.log.Warn("reading the TPM's ownership failed", "err", err)
-		return
+		return nil
 	}
 	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
+	if own.OwnerAuthSet || e.cfg.TPM.Ownership == config.OwnershipShared {
+		return nil
+	}
+	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
+	return e.takeOwnership(ctx, dev)
 }
