@@ -30,11 +30,11 @@ import (
 func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	cfg, err := config.Load(configPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", config.ErrUnusable, err)
 	}
 	roots, err := cfg.Network.RootCAs()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", config.ErrUnusable, err)
 	}
 	client, err := dps.NewClient(dps.ClientConfig{
 		Endpoint:   cfg.Provisioning.GlobalEndpoint,

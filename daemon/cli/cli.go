@@ -31,6 +31,10 @@ const (
 	ExitFailure = 1
 	// ExitUsage: unknown verb or bad flags.
 	ExitUsage = 2
+	// ExitConfig: `dpsd run` cannot start with this config (EX_CONFIG of
+	// sysexits.h); dpsd.service does not restart on it
+	// (RestartPreventExitStatus=78): restarting cannot help.
+	ExitConfig = 78
 )
 
 // DefaultConfigPath is where the daemon and every client look for the

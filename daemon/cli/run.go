@@ -30,7 +30,11 @@ func runCommand() command {
 					return e.fail("run", errors.New("this binary was built without the daemon"))
 				}
 				if err := e.app.Run(ctx, e.configPath, newLogger(e.stderr, lvl)); err != nil {
-					return e.fail("run", err)
+					e.fail("run", err)
+					if errors.Is(err, config.ErrUnusable) {
+						return ExitConfig
+					}
+					return ExitFailure
 				}
 				return ExitOK
 			}

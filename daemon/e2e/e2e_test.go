@@ -199,8 +199,9 @@ func TestBadInputIsReportedNotFatal(t *testing.T) {
 		emu := startEmulator(t, t.TempDir(), "")
 		d := newDevice(t, emu, "[tpm]\nownership = \"tak\"\n")
 		_, errOut, code := d.cli("run", "--config", d.cfgPath)
-		if code == 0 || !strings.Contains(errOut, "50-test.toml") || !strings.Contains(errOut, "ownership") {
-			t.Errorf("bad config: exit %d, stderr %q; want a failure naming the file and key", code, errOut)
+		// 78 (EX_CONFIG) keeps systemd from restarting it in a loop.
+		if code != 78 || !strings.Contains(errOut, "50-test.toml") || !strings.Contains(errOut, "ownership") {
+			t.Errorf("bad config: exit %d, stderr %q; want 78 and a message naming the file and key", code, errOut)
 		}
 	})
 }
