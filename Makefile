@@ -68,6 +68,7 @@ test: test-deps cross
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	CGO_ENABLED=1 $(GO) vet ./...
+	cd packaging && $(GO) vet ./...
 
 # Every fuzz target for FUZZTIME each; crashes stay as seeds under testdata/fuzz.
 fuzz: test-deps
