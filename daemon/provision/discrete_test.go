@@ -34,30 +34,15 @@ const discreteScope = "0ne00D15C7"
 // the SRK once each at first boot, none after. Times are logged, never
 // asserted.
 func TestDiscreteTPMCost(t *testing.T) {
-	emu, err := dpsemu.Start(dpsemu.Options{
-		Dir: t.TempDir(), IDScope: discreteScope, Hubs: []string{"hub-discrete.azure-devices.example"},
-		RetryAfter: 1, AssignAfterPolls: new(int), // one poll, one second: the wait DPS imposes
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	info := freshEnrolledTPM(t, emu)
-
-	cfg := config.Default()
-	cfg.Provisioning.GlobalEndpoint = "https://" + emu.Addrs().DPS
-	cfg.Provisioning.IDScope = discreteScope
-	cfg.TPM.Device = info.Spec()
-	cfg.State.Dir = t.TempDir()
-	client, err := dps.NewClient(dps.ClientConfig{
-		Endpoint: cfg.Provisioning.GlobalEndpoint, IDScope: discreteScope,
-		RootCAs: emu.RootCAs(), Timeout: 10 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
+	f := newFixture(t)
+	modelled := func(seed uint64) func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+		return func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+			return tpmtest.OpenWithLatency(f.info, seed, tpmtest.Logger(t))
+		}
 	}
 
-	cold := boot(t, cfg, client, info, 1, "")
+	cold, stop := f.boot(t, modelled(1), "")
+	stop()
 	cold.report(t, "first boot")
 	if n := cold.lat.RSAKeyGenerations(); n == 0 || n > 2 {
 		t.Errorf("first boot generated %d RSA keys, want the EK and the SRK (2) at most", n)
@@ -66,9 +51,11 @@ func TestDiscreteTPMCost(t *testing.T) {
 		t.Errorf("first boot sent %d CreatePrimary, want 2 at most (EK, SRK)", n)
 	}
 
-	warm := boot(t, cfg, client, info, 2, "")
+	warm, stop := f.boot(t, modelled(2), "")
+	stop()
 	warm.report(t, "restart")
-	again := boot(t, cfg, client, info, 3, apitype.ReasonRequested)
+	again, stop := f.boot(t, modelled(3), apitype.ReasonRequested)
+	stop()
 	again.report(t, "restart and requested re-registration")
 	for _, b := range []struct {
 		name string
@@ -81,39 +68,105 @@ func TestDiscreteTPMCost(t *testing.T) {
 			t.Errorf("%s sent %d CreatePrimary, want 0", b.name, n)
 		}
 	}
-	if st := emu.Stats(); st["assigned"] != 2 {
+	if st := f.emu.Stats(); st["assigned"] != 2 {
 		t.Errorf("emulator assigned %d times, want 2 (first boot, requested)", st["assigned"])
 	}
 }
 
-// bootResult is what one run of the engine cost.
-type bootResult struct {
-	dev         *tpmdev.Device
-	lat         *tpmtest.LatencyTPM
-	ready, prov time.Duration // from Run to READY / to provisioned
+// BenchmarkToken is a hub SAS token signed through the TPM, the way apps
+// on the device get one (Engine.Token: sas.New with the TPM's HMAC), on
+// swtpm and on the discrete-TPM model.
+func BenchmarkToken(b *testing.B) {
+	f := newFixture(b)
+	for _, tc := range []struct {
+		name string
+		open func() (*tpmdev.Device, *tpmtest.LatencyTPM, error)
+	}{
+		{"swtpm", func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+			dev, err := tpmdev.Open(f.info.Spec(), nil)
+			return dev, nil, err
+		}},
+		{"discrete-model", func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+			return tpmtest.OpenWithLatency(f.info, 1, nil)
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r, stop := f.boot(b, tc.open, "")
+			defer stop()
+			ctx := context.Background()
+			before := r.dev.Stats().Total
+			for b.Loop() {
+				if _, err := r.engine.Token(ctx, time.Hour); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(r.dev.Stats().Total-before)/float64(b.N), "TPM-commands/op")
+		})
+	}
 }
 
-// boot runs an engine until it is provisioned (after a re-registration for
-// reason, when set) and stops it.
-func boot(t *testing.T, cfg *config.Config, client *dps.Client, info tpmtest.SwtpmInfo, seed uint64, reason apitype.Reason) bootResult {
-	t.Helper()
+// fixture is an emulator, an enrolled fresh swtpm and the engine's config
+// and DPS client for them.
+type fixture struct {
+	emu    *dpsemu.Emulator
+	info   tpmtest.SwtpmInfo
+	cfg    *config.Config
+	client *dps.Client
+}
+
+func newFixture(tb testing.TB) *fixture {
+	tb.Helper()
+	emu, err := dpsemu.Start(dpsemu.Options{
+		Dir: tb.TempDir(), IDScope: discreteScope, Hubs: []string{"hub-discrete.azure-devices.example"},
+		RetryAfter: 1, AssignAfterPolls: new(int), // one poll, one second: the wait DPS imposes
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { emu.Close() })
+	f := &fixture{emu: emu, info: freshEnrolledTPM(tb, emu), cfg: config.Default()}
+	f.cfg.Provisioning.GlobalEndpoint = "https://" + emu.Addrs().DPS
+	f.cfg.Provisioning.IDScope = discreteScope
+	f.cfg.TPM.Device = f.info.Spec()
+	f.cfg.State.Dir = tb.TempDir()
+	f.client, err = dps.NewClient(dps.ClientConfig{
+		Endpoint: f.cfg.Provisioning.GlobalEndpoint, IDScope: discreteScope,
+		RootCAs: emu.RootCAs(), Timeout: 10 * time.Second,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return f
+}
+
+// bootResult is what one run of the engine cost.
+type bootResult struct {
+	engine      *provision.Engine
+	dev         *tpmdev.Device
+	lat         *tpmtest.LatencyTPM // nil without the latency model
+	ready, prov time.Duration       // from Run to READY / to provisioned
+}
+
+// boot runs an engine on the TPM that open gives until it is provisioned
+// (after a re-registration for reason, when set). stop ends the engine.
+func (f *fixture) boot(tb testing.TB, open func() (*tpmdev.Device, *tpmtest.LatencyTPM, error), reason apitype.Reason) (r bootResult, stop func()) {
+	tb.Helper()
 	var (
-		r        bootResult
 		mu       sync.Mutex
 		phases   = make(chan string, 64)
 		readyAt  time.Time
 		readyCh  = make(chan struct{})
 		openOnce sync.Once
 	)
-	e := provision.New(provision.Options{
-		Config: cfg,
-		Store:  &state.Store{Dir: cfg.State.Dir},
+	r.engine = provision.New(provision.Options{
+		Config: f.cfg,
+		Store:  &state.Store{Dir: f.cfg.State.Dir},
 		OpenTPM: func() (*tpmdev.Device, error) {
 			var err error
-			openOnce.Do(func() { r.dev, r.lat, err = tpmtest.OpenWithLatency(info, seed, tpmtest.Logger(t)) })
+			openOnce.Do(func() { r.dev, r.lat, err = open() })
 			return r.dev, err
 		},
-		DPS: client,
+		DPS: f.client,
 		OnPhase: func(text string) {
 			select {
 			case phases <- text:
@@ -126,18 +179,18 @@ func boot(t *testing.T, cfg *config.Config, client *dps.Client, info tpmtest.Swt
 			mu.Unlock()
 			close(readyCh)
 		},
-		Log: tpmtest.Logger(t),
+		Log: tpmtest.Logger(tb),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	start := time.Now()
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
+	go func() { done <- r.engine.Run(ctx) }()
+	stop = func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+			tb.Errorf("Run: %v", err)
 		}
-	}()
+	}
 
 	deadline := time.After(2 * time.Minute) // bounds a broken run, measures nothing
 	waitProvisioned := func() {
@@ -149,10 +202,12 @@ func boot(t *testing.T, cfg *config.Config, client *dps.Client, info tpmtest.Swt
 					return
 				}
 				if strings.HasPrefix(text, "failed") || strings.HasPrefix(text, "disabled") {
-					t.Fatalf("engine: %s", text)
+					stop()
+					tb.Fatalf("engine: %s", text)
 				}
 			case <-deadline:
-				t.Fatalf("not provisioned; status %+v", e.Status())
+				stop()
+				tb.Fatalf("not provisioned; status %+v", r.engine.Status())
 			}
 		}
 	}
@@ -160,19 +215,21 @@ func boot(t *testing.T, cfg *config.Config, client *dps.Client, info tpmtest.Swt
 	select {
 	case <-readyCh:
 	case <-deadline:
-		t.Fatalf("no READY; status %+v", e.Status())
+		stop()
+		tb.Fatalf("no READY; status %+v", r.engine.Status())
 	}
 	mu.Lock()
 	r.ready = readyAt.Sub(start)
 	mu.Unlock()
 	if reason != "" {
-		e.Reprovision(reason)
+		r.engine.Reprovision(reason)
 		waitProvisioned() // the phases of the re-registration end in provisioned again
-		if s := e.Status(); s.Reason != reason {
-			t.Fatalf("after Reprovision(%s): status %+v", reason, s)
+		if s := r.engine.Status(); s.Reason != reason {
+			stop()
+			tb.Fatalf("after Reprovision(%s): status %+v", reason, s)
 		}
 	}
-	return r
+	return r, stop
 }
 
 // report logs the times and the per-command cost of one boot.
@@ -197,7 +254,7 @@ func (r bootResult) report(t *testing.T, name string) {
 // freshEnrolledTPM starts an swtpm, enrolls its EK with the emulator and
 // puts the TPM back as it was before the EK was made, so that the first
 // boot creates the EK as on a new device (same endorsement seed: same EK).
-func freshEnrolledTPM(t *testing.T, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
+func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	t.Helper()
 	dir := t.TempDir()
 	info := tpmtest.StartSwtpm(t, dir)
