@@ -53,7 +53,7 @@ func spreadOf(xs []float64) spread {
 	if len(s)%2 == 0 {
 		p50 = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	return spread{Min: s[0], P50: round1(p50), Max: s[len(s)-1]}
+	return spread{Min: round1(s[0]), P50: round1(p50), Max: round1(s[len(s)-1])}
 }
 
 // num prints whole numbers (counts, bytes) without a fraction.
