@@ -44,7 +44,8 @@ func TestSecretHygiene(t *testing.T) {
 		t.Fatalf("dpsd reprovision: exit %d: %s", code, errOut)
 	}
 	again := d.waitFor("re-provisioned on request", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested &&
+			s.ProvisionedAt != nil && !s.ProvisionedAt.Equal(*first.ProvisionedAt)
 	})
 	keys = append(keys, emu.deviceKey(again.DeviceID))
 	if bytes.Equal(keys[0], keys[1]) {
