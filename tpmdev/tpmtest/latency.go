@@ -43,9 +43,13 @@ type Latency struct {
 //	ReadPublic, GetCapability, GetRandom, FlushContext  5 ms  est.: below the PTP short duration (20 ms)
 //	any other command                10 ms               est.
 var (
+	// RSAKeyGeneration is CreatePrimary, Create or CreateLoaded of an
+	// RSA-2048 key: the prime search, which varies from run to run.
 	RSAKeyGeneration = Latency{Min: 1500 * time.Millisecond, Max: 3500 * time.Millisecond}
+	// ECCKeyGeneration is the same for an ECC P-256 key.
 	ECCKeyGeneration = Latency{Min: 130 * time.Millisecond, Max: 260 * time.Millisecond}
-	OtherLatency     = Latency{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}
+	// OtherLatency is any command the table does not name.
+	OtherLatency = Latency{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}
 
 	// DiscreteLatencies holds the commands whose cost does not depend on
 	// a key type; Create, CreatePrimary and CreateLoaded cost a key
