@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,11 +146,14 @@ type cold struct {
 
 // warm is one restart of a provisioned device.
 type warm struct {
-	readyMS      float64
-	tpmCommands  int
-	dpsRequests  int
-	filesWritten int
-	hwmKiB       int
+	readyMS     float64
+	tpmCommands int // at READY, from the daemon's "dpsd is up" log line
+	// tpmCommandsSettled: once the start has done everything (the hub
+	// check and the ownership read come after READY).
+	tpmCommandsSettled int
+	dpsRequests        int
+	filesWritten       int
+	hwmKiB             int
 }
 
 // measureDevice makes a device (swtpm, config, enrollment), boots it cold
@@ -536,11 +540,14 @@ func (d *device) warm(verify bool) (warm, error) {
 	if err != nil {
 		return w, err
 	}
-	w.tpmCommands = s.TPM.Commands
+	w.tpmCommandsSettled = s.TPM.Commands
 	if w.hwmKiB, err = p.hwm(); err != nil {
 		return w, err
 	}
 	if err := p.stop(); err != nil {
+		return w, err
+	}
+	if w.tpmCommands, err = readyCommands(p.log.String()); err != nil {
 		return w, err
 	}
 	after, err := d.emu.stats()
@@ -716,4 +723,16 @@ func tail(s string, lines int) string {
 		l = l[len(l)-lines:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// readyLine is the daemon's log line at READY.
+var readyLine = regexp.MustCompile(`msg="dpsd is up".* tpm_commands=(\d+)`)
+
+// readyCommands reads the TPM command count at READY from a daemon's log.
+func readyCommands(log string) (int, error) {
+	m := readyLine.FindStringSubmatch(log)
+	if m == nil {
+		return 0, fmt.Errorf("no \"dpsd is up\" line in the daemon's log:\n%s", tail(log, 20))
+	}
+	return strconv.Atoi(m[1])
 }
