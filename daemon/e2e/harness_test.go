@@ -292,14 +292,14 @@ func (d *device) enroll(extra map[string]any) apitype.EnrollInfo {
 	return info
 }
 
-// start runs `dpsd run`.
-func (d *device) start() {
+// start runs `dpsd run` with extra arguments, if any.
+func (d *device) start(args ...string) {
 	d.t.Helper()
 	bin := dpsdBin
 	if d.bin != "" {
 		bin = d.bin
 	}
-	d.cmd = exec.Command(bin, "run", "--config", d.cfgPath)
+	d.cmd = exec.Command(bin, append([]string{"run", "--config", d.cfgPath}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("starting dpsd: %v", err)

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -30,9 +29,12 @@ import (
 // have the modes that keep other users out.
 func TestSecretHygiene(t *testing.T) {
 	emu := startEmulator(t, t.TempDir(), "")
-	d := newDevice(t, emu, "")
+	// Every DPS request goes through a recorder, to be searched as well.
+	proxy := startRecordingProxy(t, emu)
+	d := newDevice(t, emu, proxy.dropIn())
 	d.enroll(nil)
-	d.startDebug()
+	// Debug logging is where a careless line would most likely carry a secret.
+	d.start("--log-level", "debug")
 	first := d.waitProvisioned()
 	d.waitFor("the hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
 	checkModes(t, d)
@@ -100,6 +102,18 @@ func TestSecretHygiene(t *testing.T) {
 			t.Errorf("%s holds a SAS signature: %q", place, m)
 		}
 	}
+	// What DPS saw: EK, SRK and the registration token signed with the
+	// challenge key belong there; the owner auth, the hub key and hub
+	// tokens do not.
+	dpsSaw := proxy.requests()
+	if n := bytes.Count(dpsSaw, []byte("/register?")); n < 4 {
+		t.Fatalf("the recorder saw %d registration requests, want at least 4 (two registrations)", n)
+	}
+	for name, secret := range secrets {
+		if form, ok := findSecret(dpsSaw, secret); ok {
+			t.Errorf("a request to DPS holds the %s (%s)", name, form)
+		}
+	}
 
 	// The emulator is a test tool, but device images' CI keeps its logs:
 	// it must not log the keys it hands out either.
@@ -108,20 +122,6 @@ func TestSecretHygiene(t *testing.T) {
 			t.Errorf("the dpsemu log holds hub key %d (%s)", i+1, form)
 		}
 	}
-}
-
-// startDebug is the harness's start with debug logging, where a careless
-// log line would most likely carry a secret.
-func (d *device) startDebug() {
-	d.t.Helper()
-	d.cmd = exec.Command(dpsdBin, "run", "--config", d.cfgPath, "--log-level", "debug")
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatalf("starting dpsd: %v", err)
-	}
-	d.waitErr = make(chan error, 1)
-	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(d.cmd, d.waitErr)
-	d.t.Cleanup(d.kill)
 }
 
 // sasSignature is a SAS token's signature field as it would appear in a
