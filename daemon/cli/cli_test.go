@@ -3,8 +3,10 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -239,4 +241,30 @@ func TestWait(t *testing.T) {
 	if code != cli.ExitOK || !strings.Contains(out, "provisioned: device dev-1 on hub.example") {
 		t.Errorf("wait until provisioned: exit %d, %q, %q", code, out, errOut)
 	}
+}
+
+// BenchmarkStatus is what `dpsd status --json` and `dpsd status` cost the
+// client once the answer is in: decoding the wire type and rendering the
+// human view.
+func BenchmarkStatus(b *testing.B) {
+	raw, err := json.Marshal(statusFixtures["provisioned"])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var st apitype.Status
+			if err := json.Unmarshal(raw, &st); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("render", func(b *testing.B) {
+		b.ReportAllocs()
+		st := statusFixtures["provisioned"]
+		for b.Loop() {
+			cli.RenderStatus(io.Discard, st, testNow)
+		}
+	})
 }
