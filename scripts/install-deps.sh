@@ -20,6 +20,8 @@ for set in "${@:-test}"; do
 		need tpm2_clear tpm2-tools
 		need /usr/include/openssl/evp.h libssl-dev
 		need gcc gcc
+		# gcc only recommends the C library's headers; cgo needs them.
+		need /usr/include/stdlib.h libc6-dev
 		need systemd-analyze systemd
 		need man man-db # systemd-analyze verify looks up Documentation=man: pages
 		;;

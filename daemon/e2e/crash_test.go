@@ -3,10 +3,10 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
@@ -50,10 +50,9 @@ func TestKilledDuringRegistration(t *testing.T) {
 			d.start()
 			d.waitFor(string(tc.during), func(s apitype.Status) bool { return s.State == tc.during })
 			if tc.afterChallenge {
-				// The challenge has been answered (the 401) and imported;
-				// the authenticated PUT is held up by the latency.
-				waitUntil(t, "the challenge answer", func() bool { return emu.stats()["status_401"] >= 1 })
-				time.Sleep(300 * time.Millisecond)
+				// The authenticated PUT has arrived (so the challenge was
+				// imported) and is held up by the latency.
+				waitUntil(t, "the authenticated registration", func() bool { return emu.stats()["register"] >= 1 })
 			}
 			d.kill()
 
@@ -108,5 +107,42 @@ func TestInterruptedSwitch(t *testing.T) {
 				t.Errorf("no working identity after the switch: %s", errOut)
 			}
 		})
+	}
+}
+
+// TestKilledDuringReregistration cuts the power while a technician's
+// re-registration waits for DPS: the device must come back with the
+// identity it had, working.
+func TestKilledDuringReregistration(t *testing.T) {
+	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+	old, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu.faults(map[string]any{"assignAfterPolls": 1000})
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	d.waitFor("assigning", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	d.kill()
+
+	emu.faults(map[string]any{})
+	d.start()
+	again := d.waitProvisioned()
+	consistent(t, d)
+	now, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
+	if err != nil || string(now) != string(old) || again.DeviceID != s.DeviceID {
+		t.Fatalf("the identity changed although DPS never assigned the device (err %v)", err)
+	}
+	out, errOut, code := d.cli("token", "--json", "--socket", d.socket)
+	if code != 0 {
+		t.Fatalf("dpsd token after the power cut: %s", errOut)
+	}
+	var tok apitype.Token
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+		t.Errorf("the hub refuses the identity kept across the power cut: %v", err)
 	}
 }

@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
@@ -142,28 +146,127 @@ func TestThrottlingAndServerErrorsAreRetried(t *testing.T) {
 	}
 }
 
+// TestFailedReregistrationKeepsIdentity: DPS accepts the registration and
+// then fails (its polls answer 503): the device must keep the identity it
+// had, and the hub must still accept it.
 func TestFailedReregistrationKeepsIdentity(t *testing.T) {
-	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+	emu, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	key := filepath.Join(d.state, "identity.key")
 	old, err := os.ReadFile(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	emu.faults(map[string]any{"garbleKey": true})
+	emu.faults(map[string]any{"assignAfterPolls": 1000})
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
+	d.waitFor("the registration accepted", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	emu.faults(map[string]any{"serverErrors": 1000})
 	d.waitFor("the failed re-registration", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
 	now, err := os.ReadFile(key)
 	if err != nil || string(now) != string(old) {
 		t.Fatalf("identity.key changed by a failed registration (err %v)", err)
 	}
-	// The old identity still signs tokens the hub accepts.
 	out, errOut, code := d.cli("token", "--json", "--socket", d.socket)
-	if code != 0 || !strings.Contains(out, "SharedAccessSignature") {
-		t.Fatalf("dpsd token after a failed re-registration: %d %s %s", code, out, errOut)
+	if code != 0 {
+		t.Fatalf("dpsd token after a failed re-registration: %d %s", code, errOut)
 	}
-	_ = s
+	var tok apitype.Token
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+		t.Errorf("the hub refuses the old identity after a failed re-registration: %v", err)
+	}
+}
+
+// TestReplacedTPM: the state says one EK, the TPM has another. dpsd must
+// not enroll anew by itself: failed, with a message saying what happened,
+// no DPS request, no file touched.
+func TestReplacedTPM(t *testing.T) {
+	emu, d, first := provisioned(t, "[hub]\nverify = false\n")
+	d.stop()
+	d.tpm = tpmtest.StartSwtpm(t, filepath.Join(d.dir, "new-tpm"))
+	d.writeConfig("[hub]\nverify = false\n")
+	snap := fileSnapshot(t, d.state)
+	before := emu.stats()["total"]
+	d.start()
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	if s.LastError == nil || !strings.Contains(*s.LastError, "replaced") {
+		t.Errorf("lastError %v, want it to say the TPM was replaced", s.LastError)
+	}
+	if n := emu.stats()["total"] - before; n != 0 {
+		t.Errorf("%d DPS requests for a replaced TPM, want 0", n)
+	}
+	if after := fileSnapshot(t, d.state); !reflect.DeepEqual(after, snap) {
+		t.Errorf("files changed for a replaced TPM:\nbefore %v\nafter  %v", snap, after)
+	}
+
+	// What the message says to do: enroll the new EK, then reprovision.
+	info := d.enroll(nil)
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	again := d.waitFor("provisioned with the new TPM", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+	})
+	if again.RegistrationID != info.RegistrationID || again.TPM.EKDigest == first.TPM.EKDigest {
+		t.Errorf("after the new enrollment: registration %s (enrolled %s), EK %s (old TPM's %s)",
+			again.RegistrationID, info.RegistrationID, again.TPM.EKDigest, first.TPM.EKDigest)
+	}
+}
+
+// TestSharedOwnership: an owner who keeps the TPM's owner auth gives it to
+// dpsd in a file; dpsd uses it and never changes it. A wrong one is
+// reported and not tried again soon (no busy retry).
+func TestSharedOwnership(t *testing.T) {
+	for _, tc := range []struct {
+		name, given string
+		ok          bool
+	}{
+		{"right auth", "owner-secret", true},
+		{"wrong auth", "not-the-secret", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emu := startEmulator(t, t.TempDir(), "")
+			authFile := filepath.Join(t.TempDir(), "owner.auth")
+			if err := os.WriteFile(authFile, []byte(tc.given+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d := newDevice(t, emu, fmt.Sprintf("[tpm]\nownership = \"shared\"\nowner_auth_file = %q\n\n[hub]\nverify = false\n", authFile))
+			d.enroll(nil)
+			changeOwnerAuth(t, d, "", "owner-secret")
+			d.start()
+			if tc.ok {
+				d.waitProvisioned()
+				// Still the owner's auth: changing it from it works.
+				changeOwnerAuth(t, d, "owner-secret", "owner-secret")
+				return
+			}
+			s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+			if s.LastError == nil || !strings.Contains(*s.LastError, authFile) {
+				t.Errorf("lastError %v does not name the auth file", s.LastError)
+			}
+			if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
+				t.Errorf("a wrong auth is retried soon (next attempt %v)", s.NextAttemptAt)
+			}
+		})
+	}
+}
+
+// changeOwnerAuth sets the owner hierarchy's auth with tpm2-tools, as the
+// device's owner would.
+func changeOwnerAuth(t *testing.T, d *device, from, to string) {
+	t.Helper()
+	args := []string{"-c", "o", "-T", "swtpm:path=" + d.tpm.Socket}
+	if from != "" {
+		args = append(args, "-p", from)
+	}
+	cmd := exec.Command("tpm2_changeauth", append(args, to)...)
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tpm2_changeauth %v: %v: %s", args, err, out)
+	}
 }
 
 func TestBadInputIsReportedNotFatal(t *testing.T) {

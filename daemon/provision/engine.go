@@ -326,7 +326,13 @@ func digest(b []byte) string {
 // converge brings the device to provisioned. reason, when set, forces a new
 // registration.
 func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.State, reason apitype.Reason) error {
-	keys, err := e.setupTPM(ctx, dev)
+	// Unless a registration is forced (a technician enrolled a new TPM),
+	// a TPM whose EK is not the recorded one is left alone.
+	expectEK := rec.EKDigest
+	if reason != "" {
+		expectEK = ""
+	}
+	keys, err := e.setupTPM(ctx, dev, expectEK)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
 // Sentinels callers and the status API branch on.
@@ -53,6 +54,10 @@ func isPermanent(err error) bool {
 		return false
 	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled),
 		errors.Is(err, errHubStillRejects):
+		return true
+	case errors.Is(err, tpmdev.ErrAuthFail), errors.Is(err, tpmdev.ErrLockout):
+		// A wrong hierarchy auth stays wrong until someone fixes the
+		// configured file, and must not be sent again and again.
 		return true
 	case errors.As(err, &de):
 		// DPS refused the device itself (unknown enrollment, EK mismatch):

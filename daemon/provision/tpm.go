@@ -78,8 +78,10 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 }
 
 // setupTPM makes sure of the EK, ownership and the SRK, following the
-// configured ownership policy.
-func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, error) {
+// configured ownership policy. When expectEK (a hex EK digest) is set and
+// the TPM's EK differs, it stops before touching the TPM's owner side or
+// owner.auth: a replaced TPM needs a new enrollment first.
+func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK string) (tpmKeys, error) {
 	var k tpmKeys
 	var err error
 	shared := e.cfg.TPM.Ownership == config.OwnershipShared
@@ -119,6 +121,9 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 	e.mu.Lock()
 	e.ekPublic = k.ek.Public
 	e.mu.Unlock()
+	if expectEK != "" && k.fingerprint().ekDigest != expectEK {
+		return k, ErrTPMReplaced
+	}
 
 	k.srk, err = dev.ReadSRK(ctx)
 	switch {
@@ -134,6 +139,9 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device) (tpmKeys, err
 	if shared {
 		owner, _ := k.ownerAuth(ctx)
 		if k.srk, err = dev.EnsureSRK(ctx, owner); err != nil {
+			if errors.Is(err, tpmdev.ErrAuthFail) {
+				err = fmt.Errorf("the owner auth in %s is not the TPM's (ownership = \"shared\"): %w", orNone(e.cfg.TPM.OwnerAuthFile), err)
+			}
 			return k, fmt.Errorf("creating the SRK: %w", err)
 		}
 		return k, nil
@@ -235,4 +243,12 @@ func (e *Engine) ensureOwnership(ctx context.Context, dev *tpmdev.Device) error 
 	}
 	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
 	return e.takeOwnership(ctx, dev)
+}
+
+// orNone names an auth file for a message; "" means the empty auth.
+func orNone(path string) string {
+	if path == "" {
+		return "(no owner_auth_file: the empty auth)"
+	}
+	return path
 }
