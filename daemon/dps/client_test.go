@@ -570,34 +570,6 @@ func TestRetryAfter(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	b := Backoff{Base: time.Second, Max: 10 * time.Minute}
-	tests := []struct {
-		attempt    int
-		retryAfter time.Duration
-		min, max   time.Duration
-	}{
-		{-1, 0, 0, time.Second},
-		{0, 0, 0, time.Second},
-		{3, 0, 0, 8 * time.Second},
-		{9, 0, 0, 512 * time.Second},
-		{10, 0, 0, 10 * time.Minute},
-		{1000, 0, 0, 10 * time.Minute},
-		{0, 7 * time.Second, 7 * time.Second, 7 * time.Second},
-		{9, 20 * time.Minute, 20 * time.Minute, 20 * time.Minute},
-	}
-	for _, tc := range tests {
-		for range 200 {
-			if d := b.Delay(tc.attempt, tc.retryAfter); d < tc.min || d > tc.max {
-				t.Fatalf("Delay(%d, %v) = %v, want %v..%v", tc.attempt, tc.retryAfter, d, tc.min, tc.max)
-			}
-		}
-	}
-	if d := (Backoff{}).Delay(5, 0); d != 0 {
-		t.Errorf("zero Backoff waited %v", d)
-	}
-}
-
 func BenchmarkParseOperationAssigned(b *testing.B) {
 	body := []byte(loadRecorded(b, "poll-200-assigned").Body)
 	b.ReportAllocs()
