@@ -187,6 +187,8 @@ type device struct {
 	waitErr chan error
 	// bin, when set, is the dpsd binary `run` starts instead of dpsdBin.
 	bin string
+	// env is added to the daemon's environment.
+	env []string
 }
 
 // newDevice makes a device with a fresh swtpm, configured for emu. extra
@@ -300,6 +302,7 @@ func (d *device) start(args ...string) {
 		bin = d.bin
 	}
 	d.cmd = exec.Command(bin, append([]string{"run", "--config", d.cfgPath}, args...)...)
+	d.cmd.Env = append(os.Environ(), d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("starting dpsd: %v", err)
