@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -182,4 +183,39 @@ func TestConfigChangeReprovisions(t *testing.T) {
 	d.waitFor("re-provisioned for the new payload", func(s apitype.Status) bool {
 		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonConfigChanged
 	})
+}
+
+// TestHubStillRejectsBacksOff: a hub that refuses the device even after a
+// new registration (here: a hub that never heard of it) earns exactly one
+// re-registration, then a failed state with a slow retry, never a storm of
+// registrations.
+func TestHubStillRejectsBacksOff(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	// A second emulator's hub: same host names, but no device in it.
+	stranger := startEmulator(t, t.TempDir(), "")
+	bundle := filepath.Join(t.TempDir(), "cas.pem")
+	var pems []byte
+	for _, e := range []*emulator{emu, stranger} {
+		b, err := os.ReadFile(filepath.Join(e.dir, "ca.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pems = append(pems, b...)
+	}
+	if err := os.WriteFile(bundle, pems, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := newDevice(t, emu, fmt.Sprintf("[hub]\nendpoint_override = %q\n\n[network]\nca_file = %q\n", stranger.hub, bundle))
+	info := d.enroll(nil)
+	d.start()
+	s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	if s.Hub.Result != "rejected" || s.LastError == nil || !strings.Contains(*s.LastError, "still refuses") {
+		t.Errorf("status %+v, want hub rejected and a lastError saying the hub still refuses", s)
+	}
+	if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
+		t.Errorf("next attempt %v: want a slow retry", s.NextAttemptAt)
+	}
+	if n := registrations(t, emu, info.RegistrationID); n != 2 {
+		t.Errorf("%d registrations, want 2: the first and one more after the rejection", n)
+	}
 }

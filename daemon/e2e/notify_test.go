@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
 
 // notifySocket stands in for systemd's NOTIFY_SOCKET and keeps every
@@ -80,5 +82,24 @@ func TestSystemdNotifications(t *testing.T) {
 	d.stop()
 	if n.index("STOPPING=1") < 0 {
 		t.Errorf("no STOPPING=1 on SIGTERM: %q", n.messages())
+	}
+}
+
+// TestWaitingForTPM: a TPM device that is not there (a module that loads
+// late, a missing udev rule) is waited for; meanwhile the daemon is up and
+// says why it waits.
+func TestWaitingForTPM(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	d := newDevice(t, emu, "[tpm]\ndevice = \"/dev/tpmrm-not-here\"\n")
+	n := listenNotify(t)
+	d.env = []string{"NOTIFY_SOCKET=" + n.path}
+	d.start()
+	s := d.waitFor("waiting-for-tpm", func(s apitype.Status) bool { return s.State == apitype.StateWaitingForTPM })
+	if s.LastError == nil || !strings.Contains(*s.LastError, "/dev/tpmrm-not-here") {
+		t.Errorf("lastError %v does not name the device", s.LastError)
+	}
+	waitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
+	if !d.running() {
+		t.Fatal("dpsd exited without a TPM")
 	}
 }
