@@ -14,6 +14,26 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/dps/dpsemu"
 )
 
+// TestAnyAPIVersion: the SDKs send 2019-03-31, 2021-06-01 or 2021-10-01,
+// Node adds forceRegistration; DPS serves them all (§2.1), and so must the
+// emulator, even without an api-version.
+func TestAnyAPIVersion(t *testing.T) {
+	for _, q := range []string{"api-version=2019-03-31", "api-version=2021-10-01", "api-version=2019-03-31&forceRegistration=true", "none"} {
+		t.Run(q, func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.query = q
+			d := newSoftDevice(t, 0)
+			const regID = "device-api"
+			e.enroll(regID, d, nil)
+			auth := dpsToken(e.challenge(regID, d), regID)
+			opID := e.register(regID, d, auth, "")
+			if r, _ := e.pollUntilDone(regID, opID, auth); r.status != http.StatusOK {
+				t.Fatalf("final poll %d: %s", r.status, r.body)
+			}
+		})
+	}
+}
+
 // TestRegisterAssigned walks the whole §1 sequence with a software TPM and
 // checks every answer's shape, then the hub's view of the new identity.
 func TestRegisterAssigned(t *testing.T) {

@@ -31,6 +31,8 @@ type env struct {
 	dir   string
 	opts  dpsemu.Options
 	dps   *http.Client
+	// query is the URL query of DPS requests; "" means api-version=2021-06-01.
+	query string
 }
 
 // newEnv starts an emulator in a fresh directory; mod adjusts its options.
@@ -64,11 +66,21 @@ func clientEnv(t testing.TB, addrs dpsemu.Addrs, roots *x509.CertPool) *env {
 }
 
 func (e *env) registerURL(regID string) string {
-	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/register?api-version=2021-06-01"
+	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/register" + e.queryString()
 }
 
 func (e *env) operationURL(regID, opID string) string {
-	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/operations/" + url.PathEscape(opID) + "?api-version=2021-06-01"
+	return "https://" + e.addrs.DPS + "/" + testScope + "/registrations/" + url.PathEscape(regID) + "/operations/" + url.PathEscape(opID) + e.queryString()
+}
+
+func (e *env) queryString() string {
+	switch e.query {
+	case "":
+		return "?api-version=2021-06-01"
+	case "none":
+		return ""
+	}
+	return "?" + e.query
 }
 
 // response is one HTTP answer.
