@@ -2,164 +2,26 @@ package authblob
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"sync"
 	"testing"
 
+	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
 	"github.com/google/go-tpm/tpm2"
 )
 
-// testKeys are software stand-ins for a TPM's EK and SRK. The real TPM
+// testDevice is a software stand-in for a TPM's EK and SRK. The real TPM
 // check (activate and import in the reference simulator) lives with tpmdev;
-// here an independent software implementation of the TPM's side checks
-// every MAC and recovers the key, so a wrong label or context fails fast.
-type testKeys struct {
-	ek, srk       *rsa.PrivateKey
-	ekPub, srkPub []byte // marshalled TPM2B_PUBLIC
-}
-
-var (
-	keysOnce sync.Once
-	keys     testKeys
-)
-
-func loadTestKeys(t testing.TB) testKeys {
-	t.Helper()
-	keysOnce.Do(func() {
-		var err error
-		if keys.ek, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			t.Fatal(err)
-		}
-		if keys.srk, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			t.Fatal(err)
-		}
-		keys.ekPub = publicFor(tpm2.RSAEKTemplate, keys.ek)
-		keys.srkPub = publicFor(tpm2.RSASRKTemplate, keys.srk)
-	})
-	if keys.ek == nil {
-		t.Fatal("test keys not generated")
-	}
-	return keys
-}
-
-// publicFor marshals a TPM2B_PUBLIC as a TPM would report for template
-// with k's modulus.
-func publicFor(template tpm2.TPMTPublic, k *rsa.PrivateKey) []byte {
-	template.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.Bytes()})
-	return tpm2.Marshal(tpm2.New2B(template))
-}
-
-// kdfa is SP800-108 counter mode with HMAC-SHA256, written out here so the
-// test does not trust the KDF Build uses.
-func kdfa(key []byte, label string, contextU, contextV []byte, bits int) []byte {
-	var out []byte
-	for i := uint32(1); len(out)*8 < bits; i++ {
-		m := hmac.New(sha256.New, key)
-		m.Write(binary.BigEndian.AppendUint32(nil, i))
-		m.Write([]byte(label + "\x00"))
-		m.Write(contextU)
-		m.Write(contextV)
-		m.Write(binary.BigEndian.AppendUint32(nil, uint32(bits)))
-		out = m.Sum(out)
-	}
-	return out[:bits/8]
-}
-
-func cfbDecrypt(key, ciphertext []byte) []byte {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		panic(err)
-	}
-	out := make([]byte, len(ciphertext))
-	cipher.NewCFBDecrypter(block, make([]byte, aes.BlockSize)).XORKeyStream(out, ciphertext)
-	return out
-}
-
-// sha256Name is nameAlg ‖ SHA-256(TPMT_PUBLIC).
-func sha256Name(tpmtPublic []byte) []byte {
-	d := sha256.Sum256(tpmtPublic)
-	return append([]byte{0x00, 0x0B}, d[:]...)
-}
-
-// activateAndImport does in software what the TPM does with the blob
-// (ActivateCredential with the SRK and EK, then Import under the SRK) and
-// returns the HMAC key and the decrypted trailer.
-func activateAndImport(k testKeys, blob *Blob) (key, trailer []byte, err error) {
-	// ActivateCredential.
-	seed2, err := rsa.DecryptOAEP(sha256.New(), nil, k.ek, blob.Secret, []byte("IDENTITY\x00"))
-	if err != nil {
-		return nil, nil, err
-	}
-	srkName := sha256Name(k.srkPub[2:])
-	integrity, encIdentity := blob.CredentialBlob[2:34], blob.CredentialBlob[34:]
-	m := hmac.New(sha256.New, kdfa(seed2, "INTEGRITY", nil, nil, 256))
-	m.Write(encIdentity)
-	m.Write(srkName)
-	if !hmac.Equal(m.Sum(nil), integrity) {
-		return nil, nil, errors.New("credential integrity (bound to the wrong SRK?)")
-	}
-	cred := cfbDecrypt(kdfa(seed2, "STORAGE", srkName, nil, 128), encIdentity)
-	if binary.BigEndian.Uint16(cred) != 16 || len(cred) != 18 {
-		return nil, nil, errors.New("credential is not a 16-byte TPM2B_DIGEST")
-	}
-	innerKey := cred[2:]
-
-	// Import: outer wrapper.
-	seed, err := rsa.DecryptOAEP(sha256.New(), nil, k.srk, blob.InSymSeed, []byte("DUPLICATE\x00"))
-	if err != nil {
-		return nil, nil, err
-	}
-	name := sha256Name(blob.Public)
-	outer, dupSensitive := blob.Duplicate[2:34], blob.Duplicate[34:]
-	m = hmac.New(sha256.New, kdfa(seed, "INTEGRITY", nil, nil, 256))
-	m.Write(dupSensitive)
-	m.Write(name)
-	if !hmac.Equal(m.Sum(nil), outer) {
-		return nil, nil, errors.New("outer integrity")
-	}
-	innerBlob := cfbDecrypt(innerKey, cfbDecrypt(kdfa(seed, "STORAGE", name, nil, 128), dupSensitive))
-
-	// Import: inner wrapper.
-	if binary.BigEndian.Uint16(innerBlob) != 32 {
-		return nil, nil, errors.New("inner integrity size")
-	}
-	sens2b := innerBlob[34:]
-	want := sha256.Sum256(append(append([]byte{}, sens2b...), name...))
-	if !bytes.Equal(innerBlob[2:34], want[:]) {
-		return nil, nil, errors.New("inner integrity")
-	}
-	sens, err := tpm2.Unmarshal[tpm2.TPM2BSensitive](sens2b)
-	if err != nil {
-		return nil, nil, err
-	}
-	contents, err := sens.Contents()
-	if err != nil {
-		return nil, nil, err
-	}
-	bits, err := contents.Sensitive.Bits()
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(contents.AuthValue.Buffer) != 0 {
-		return nil, nil, errors.New("identity key has an authValue")
-	}
-	// CryptValidateKeys: unique = H(seedValue ‖ key).
-	unique := sha256.Sum256(append(append([]byte{}, contents.SeedValue.Buffer...), bits.Buffer...))
-	if !bytes.Equal(blob.Public[16:], unique[:]) {
-		return nil, nil, errors.New("unique does not match the sensitive area")
-	}
-	return bits.Buffer, cfbDecrypt(innerKey, blob.EncURIData), nil
+// here softtpm, an independent implementation of the TPM's side with its
+// own KDF, checks every MAC and recovers the key, so a wrong label or
+// context fails fast.
+func testDevice() *softtpm.Device {
+	return softtpm.New(softtpm.Key(0), softtpm.Key(1))
 }
 
 func TestBuildRoundTrip(t *testing.T) {
-	k := loadTestKeys(t)
+	d := testDevice()
 	tests := []struct {
 		name    string
 		key     []byte
@@ -172,7 +34,7 @@ func TestBuildRoundTrip(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			raw, err := Build(rand.Reader, k.ekPub, k.srkPub, tc.key, tc.trailer)
+			raw, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, tc.key, tc.trailer)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,7 +45,7 @@ func TestBuildRoundTrip(t *testing.T) {
 			if len(blob.EncURIData) != len(tc.trailer) || blob.EncURIData == nil {
 				t.Errorf("trailer of %d bytes, want %d (always present)", len(blob.EncURIData), len(tc.trailer))
 			}
-			gotKey, gotTrailer, err := activateAndImport(k, blob)
+			gotKey, gotTrailer, err := d.Import(raw)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -197,8 +59,8 @@ func TestBuildRoundTrip(t *testing.T) {
 // TestBuildProductionSizes: a 32-byte key gives exactly the field sizes of
 // the real blobs (§6).
 func TestBuildProductionSizes(t *testing.T) {
-	k := loadTestKeys(t)
-	raw, err := Build(rand.Reader, k.ekPub, k.srkPub, make([]byte, 32), make([]byte, 108))
+	d := testDevice()
+	raw, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, make([]byte, 32), make([]byte, 108))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,25 +81,21 @@ func TestBuildProductionSizes(t *testing.T) {
 }
 
 func TestBuildBindsToSRK(t *testing.T) {
-	k := loadTestKeys(t)
-	raw, err := Build(rand.Reader, k.ekPub, k.srkPub, make([]byte, 32), nil)
+	d := testDevice()
+	raw, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, make([]byte, 32), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other := k
-	other.srkPub = bytes.Clone(k.srkPub)
-	other.srkPub[len(other.srkPub)-1] ^= 1 // another SRK's Name
-	if _, _, err := activateAndImport(other, blob); err == nil {
-		t.Fatal("credential activated with a different SRK Name")
+	other := *d
+	other.SRKPublic = bytes.Clone(d.SRKPublic)
+	other.SRKPublic[len(other.SRKPublic)-1] ^= 1 // another SRK's Name
+	if _, _, err := other.Import(raw); !errors.Is(err, softtpm.ErrIntegrity) {
+		t.Fatalf("credential activated with a different SRK Name: %v, want an integrity failure", err)
 	}
 }
 
 func TestBuildRejects(t *testing.T) {
-	k := loadTestKeys(t)
+	d := testDevice()
 	signingKey := tpm2.RSASRKTemplate
 	signingKey.ObjectAttributes.Decrypt = false
 	signingKey.ObjectAttributes.SignEncrypt = true
@@ -245,11 +103,11 @@ func TestBuildRejects(t *testing.T) {
 		name             string
 		ek, srk, key, tr []byte
 	}{
-		{"no key", k.ekPub, k.srkPub, nil, nil},
-		{"key too long", k.ekPub, k.srkPub, make([]byte, 65), nil},
-		{"trailer too long", k.ekPub, k.srkPub, make([]byte, 32), make([]byte, MaxTrailer+1)},
-		{"EK garbage", []byte{0, 1, 2}, k.srkPub, make([]byte, 32), nil},
-		{"SRK is a signing key", k.ekPub, publicFor(signingKey, k.srk), make([]byte, 32), nil},
+		{"no key", d.EKPublic, d.SRKPublic, nil, nil},
+		{"key too long", d.EKPublic, d.SRKPublic, make([]byte, 65), nil},
+		{"trailer too long", d.EKPublic, d.SRKPublic, make([]byte, 32), make([]byte, MaxTrailer+1)},
+		{"EK garbage", []byte{0, 1, 2}, d.SRKPublic, make([]byte, 32), nil},
+		{"SRK is a signing key", d.EKPublic, softtpm.Public(signingKey, &d.SRK.PublicKey), make([]byte, 32), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -261,7 +119,7 @@ func TestBuildRejects(t *testing.T) {
 }
 
 func TestValidateKeys(t *testing.T) {
-	k := loadTestKeys(t)
+	d := testDevice()
 	ecc := tpm2.ECCSRKTemplate
 	small := tpm2.RSASRKTemplate
 	small.Parameters = rsaParms(1024, 128)
@@ -269,7 +127,7 @@ func TestValidateKeys(t *testing.T) {
 	aes256.Parameters = rsaParms(2048, 256)
 	unrestricted := tpm2.RSAEKTemplate
 	unrestricted.ObjectAttributes.Restricted = false
-	trailing := append(bytes.Clone(k.ekPub), 0)
+	trailing := append(bytes.Clone(d.EKPublic), 0)
 	binary.BigEndian.PutUint16(trailing, uint16(len(trailing)-2))
 
 	tests := []struct {
@@ -277,15 +135,15 @@ func TestValidateKeys(t *testing.T) {
 		pub  []byte
 		ok   bool
 	}{
-		{"TCG EK", k.ekPub, true},
-		{"TCG SRK", k.srkPub, true},
+		{"TCG EK", d.EKPublic, true},
+		{"TCG SRK", d.SRKPublic, true},
 		{"empty", nil, false},
-		{"size field wrong", append(bytes.Clone(k.ekPub), 0), false},
+		{"size field wrong", append(bytes.Clone(d.EKPublic), 0), false},
 		{"trailing byte inside the TPM2B", trailing, false},
 		{"ECC", tpm2.Marshal(tpm2.New2B(ecc)), false},
 		{"RSA-1024", tpm2.Marshal(tpm2.New2B(small)), false},
-		{"AES-256", publicFor(aes256, k.ek), false},
-		{"unrestricted", publicFor(unrestricted, k.ek), false},
+		{"AES-256", softtpm.Public(aes256, &d.EK.PublicKey), false},
+		{"unrestricted", softtpm.Public(unrestricted, &d.EK.PublicKey), false},
 		{"template with zero modulus", tpm2.Marshal(tpm2.New2B(tpm2.RSAEKTemplate)), false},
 	}
 	for _, tc := range tests {
@@ -316,7 +174,7 @@ func rsaParms(keyBits, aesBits int) tpm2.TPMUPublicParms {
 }
 
 func TestSameEK(t *testing.T) {
-	k := loadTestKeys(t)
+	d := testDevice()
 	// The same modulus under the TCG template and the empty-unique variant's
 	// attributes is still the same key.
 	variant := tpm2.RSAEKTemplate
@@ -326,9 +184,9 @@ func TestSameEK(t *testing.T) {
 		a, b []byte
 		same bool
 	}{
-		{"identical", k.ekPub, bytes.Clone(k.ekPub), true},
-		{"other attributes, same modulus", k.ekPub, publicFor(variant, k.ek), true},
-		{"other key", k.ekPub, publicFor(tpm2.RSAEKTemplate, k.srk), false},
+		{"identical", d.EKPublic, bytes.Clone(d.EKPublic), true},
+		{"other attributes, same modulus", d.EKPublic, softtpm.Public(variant, &d.EK.PublicKey), true},
+		{"other key", d.EKPublic, softtpm.Public(tpm2.RSAEKTemplate, &d.SRK.PublicKey), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -338,15 +196,15 @@ func TestSameEK(t *testing.T) {
 			}
 		})
 	}
-	if _, err := SameEK(k.ekPub, []byte{1}); err == nil {
+	if _, err := SameEK(d.EKPublic, []byte{1}); err == nil {
 		t.Error("garbage compared without error")
 	}
 }
 
 func FuzzValidateEK(f *testing.F) {
-	k := loadTestKeys(f)
-	f.Add(k.ekPub)
-	f.Add(k.srkPub)
+	d := testDevice()
+	f.Add(d.EKPublic)
+	f.Add(d.SRKPublic)
 	f.Add(tpm2.Marshal(tpm2.New2B(tpm2.ECCSRKTemplate)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		err := ValidateEK(data)
@@ -357,12 +215,12 @@ func FuzzValidateEK(f *testing.F) {
 }
 
 func BenchmarkBuild(b *testing.B) {
-	k := loadTestKeys(b)
+	d := testDevice()
 	key := make([]byte, 32)
 	trailer := []byte("contoso.azure-devices.net/devices/dev1")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Build(rand.Reader, k.ekPub, k.srkPub, key, trailer); err != nil {
+		if _, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, key, trailer); err != nil {
 			b.Fatal(err)
 		}
 	}

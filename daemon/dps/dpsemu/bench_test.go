@@ -26,7 +26,7 @@ func BenchmarkBuildBlob(b *testing.B) {
 	trailer := []byte("hub-a.example/devices/bench")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := authblob.Build(rand.Reader, d.ekPub, d.srkPub, key, trailer); err != nil {
+		if _, err := authblob.Build(rand.Reader, d.EKPublic, d.SRKPublic, key, trailer); err != nil {
 			b.Fatal(err)
 		}
 	}

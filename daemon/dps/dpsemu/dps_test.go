@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/dps/dpsemu"
+	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
 )
 
 // TestAnyAPIVersion: the SDKs send 2019-03-31, 2021-06-01 or 2021-10-01,
@@ -67,7 +68,7 @@ func TestRegisterAssigned(t *testing.T) {
 		t.Errorf("payload %s, want it echoed", st.Payload)
 	}
 	blob, _ := base64.StdEncoding.DecodeString(st.TPM.AuthenticationKey)
-	hubKey, err := d.importBlob(blob)
+	hubKey, _, err := d.Import(blob)
 	if err != nil {
 		t.Fatalf("blob #2: %v", err)
 	}
@@ -187,7 +188,7 @@ func TestDPSErrors(t *testing.T) {
 		{"EK mismatch", put("", registrationBody(regID, other, "")), 401},
 		{"no tpm on the challenge", put("", []byte(`{"registrationId":"dev-err"}`)), 400},
 		{"EK not base64", put("", []byte(`{"tpm":{"endorsementKey":"!!","storageRootKey":"AA=="}}`)), 400},
-		{"SRK is no storage key", put("", []byte(`{"tpm":{"endorsementKey":"`+base64.StdEncoding.EncodeToString(d.ekPub)+`","storageRootKey":"AAIAAQ=="}}`)), 400},
+		{"SRK is no storage key", put("", []byte(`{"tpm":{"endorsementKey":"`+base64.StdEncoding.EncodeToString(d.EKPublic)+`","storageRootKey":"AAIAAQ=="}}`)), 400},
 		{"SRK with an even modulus", put("", evenSRK(regID, d)), 400},
 		{"SAS signed with another key", put(dpsToken(bytes.Repeat([]byte{1}, 32), regID), registrationBody(regID, d, "")), 401},
 		{"SAS expired beyond the allowance", put(token(key, sr, time.Now().Add(-10*time.Minute), "registration"), registrationBody(regID, d, "")), 401},
@@ -367,9 +368,9 @@ func TestEnrollmentDeletedMidOperation(t *testing.T) {
 
 // evenSRK is a registration body whose SRK passes the structure checks but
 // has an even RSA modulus, which no RSA key has.
-func evenSRK(regID string, d *softDevice) []byte {
-	srk := bytes.Clone(d.srkPub)
+func evenSRK(regID string, d *softtpm.Device) []byte {
+	srk := bytes.Clone(d.SRKPublic)
 	srk[len(srk)-1] &^= 1
-	return []byte(`{"registrationId":"` + regID + `","tpm":{"endorsementKey":"` + base64.StdEncoding.EncodeToString(d.ekPub) +
+	return []byte(`{"registrationId":"` + regID + `","tpm":{"endorsementKey":"` + base64.StdEncoding.EncodeToString(d.EKPublic) +
 		`","storageRootKey":"` + base64.StdEncoding.EncodeToString(srk) + `"}}`)
 }

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
 )
 
 func (e *env) setFaults(t *testing.T, body string) {
@@ -130,7 +132,7 @@ func TestFaultGarbleKey(t *testing.T) {
 		t.Fatalf("garbled assignment: %s", r.body)
 	}
 	blob, _ := base64.StdEncoding.DecodeString(op.RegistrationState.TPM.AuthenticationKey)
-	if _, err := d.importBlob(blob); !errors.Is(err, errIntegrity) {
+	if _, _, err := d.Import(blob); !errors.Is(err, softtpm.ErrIntegrity) {
 		t.Errorf("importing a garbled blob: %v, want an integrity failure", err)
 	}
 	if r := e.admin(http.MethodGet, "/devices/f5", nil); r.status != http.StatusOK {

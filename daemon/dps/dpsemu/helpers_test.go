@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/dps/dpsemu"
+	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
 )
 
 const testScope = "0ne00000A0A"
@@ -144,17 +145,17 @@ func (e *env) admin(method, path string, body any) response {
 }
 
 // enrollment is the admin API's enrollment body as design.md writes it.
-func enrollment(regID string, d *softDevice) map[string]any {
+func enrollment(regID string, d *softtpm.Device) map[string]any {
 	return map[string]any{
 		"registrationId": regID,
 		"attestation": map[string]any{"type": "tpm", "tpm": map[string]any{
-			"endorsementKey": base64.StdEncoding.EncodeToString(d.ekPub)}},
+			"endorsementKey": base64.StdEncoding.EncodeToString(d.EKPublic)}},
 		"provisioningStatus": "enabled",
 	}
 }
 
 // enroll puts an enrollment; extra fields override.
-func (e *env) enroll(regID string, d *softDevice, extra map[string]any) {
+func (e *env) enroll(regID string, d *softtpm.Device, extra map[string]any) {
 	e.t.Helper()
 	body := enrollment(regID, d)
 	for k, v := range extra {
@@ -166,12 +167,12 @@ func (e *env) enroll(regID string, d *softDevice, extra map[string]any) {
 }
 
 // registrationBody is the body every SDK sends (§5.1).
-func registrationBody(regID string, d *softDevice, payload string) []byte {
+func registrationBody(regID string, d *softtpm.Device, payload string) []byte {
 	body := map[string]any{
 		"registrationId": regID,
 		"tpm": map[string]string{
-			"endorsementKey": base64.StdEncoding.EncodeToString(d.ekPub),
-			"storageRootKey": base64.StdEncoding.EncodeToString(d.srkPub),
+			"endorsementKey": base64.StdEncoding.EncodeToString(d.EKPublic),
+			"storageRootKey": base64.StdEncoding.EncodeToString(d.SRKPublic),
 		},
 	}
 	if payload != "" {
@@ -187,7 +188,7 @@ type wireChallenge map[string]any
 
 // challenge sends the unauthenticated PUT and returns the challenge key
 // recovered from blob #1.
-func (e *env) challenge(regID string, d *softDevice) []byte {
+func (e *env) challenge(regID string, d *softtpm.Device) []byte {
 	e.t.Helper()
 	r := e.do(http.MethodPut, e.registerURL(regID), "", registrationBody(regID, d, ""))
 	if r.status != http.StatusUnauthorized {
@@ -204,7 +205,7 @@ func (e *env) challenge(regID string, d *softDevice) []byte {
 	if err != nil {
 		e.t.Fatalf("authenticationKey: %v", err)
 	}
-	key, err := d.importBlob(blob)
+	key, _, err := d.Import(blob)
 	if err != nil {
 		e.t.Fatalf("importing blob #1: %v", err)
 	}
@@ -265,7 +266,7 @@ func decodeOperation(t testing.TB, r response) wireOperation {
 }
 
 // register sends the authenticated PUT and returns the operation ID.
-func (e *env) register(regID string, d *softDevice, auth, payload string) string {
+func (e *env) register(regID string, d *softtpm.Device, auth, payload string) string {
 	e.t.Helper()
 	r := e.do(http.MethodPut, e.registerURL(regID), auth, registrationBody(regID, d, payload))
 	if r.status != http.StatusAccepted {
@@ -306,7 +307,7 @@ type assigned struct {
 
 // provision runs the whole exchange with the software device and returns
 // the assignment.
-func (e *env) provision(regID string, d *softDevice, payload string) assigned {
+func (e *env) provision(regID string, d *softtpm.Device, payload string) assigned {
 	e.t.Helper()
 	key := e.challenge(regID, d)
 	auth := dpsToken(key, regID)
@@ -323,7 +324,7 @@ func (e *env) provision(regID string, d *softDevice, payload string) assigned {
 	if err != nil {
 		e.t.Fatalf("blob #2: %v", err)
 	}
-	hubKey, err := d.importBlob(blob)
+	hubKey, _, err := d.Import(blob)
 	if err != nil {
 		e.t.Fatalf("importing blob #2: %v", err)
 	}
