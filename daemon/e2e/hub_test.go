@@ -15,6 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
 const stayConnected = "[hub]\nstay_connected = true\n"
@@ -188,34 +189,93 @@ func TestConfigChangeReprovisions(t *testing.T) {
 // TestHubStillRejectsBacksOff: a hub that refuses the device even after a
 // new registration (here: a hub that never heard of it) earns exactly one
 // re-registration, then a failed state with a slow retry, never a storm of
-// registrations.
+// registrations. A transient DPS failure during that one registration is
+// retried as usual, not mistaken for the hub refusing again.
 func TestHubStillRejectsBacksOff(t *testing.T) {
-	emu := startEmulator(t, t.TempDir(), "")
-	// A second emulator's hub: same host names, but no device in it.
-	stranger := startEmulator(t, t.TempDir(), "")
-	bundle := filepath.Join(t.TempDir(), "cas.pem")
-	var pems []byte
-	for _, e := range []*emulator{emu, stranger} {
-		b, err := os.ReadFile(filepath.Join(e.dir, "ca.pem"))
-		if err != nil {
-			t.Fatal(err)
+	for _, tc := range []struct {
+		name      string
+		dpsFaults map[string]any
+	}{
+		{"DPS answers", nil},
+		{"DPS fails once during the re-registration", map[string]any{"serverErrors": 1}},
+	} {
+		dpsFaults := tc.dpsFaults
+		t.Run(tc.name, func(t *testing.T) {
+			emu := startEmulator(t, t.TempDir(), "")
+			d := newDevice(t, emu, "")
+			info := d.enroll(nil)
+			d.start()
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			d.stop()
+
+			// A second emulator's hub: same host names, no such device.
+			stranger := startEmulator(t, t.TempDir(), "")
+			bundle := filepath.Join(t.TempDir(), "cas.pem")
+			var pems []byte
+			for _, e := range []*emulator{emu, stranger} {
+				b, err := os.ReadFile(filepath.Join(e.dir, "ca.pem"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				pems = append(pems, b...)
+			}
+			if err := os.WriteFile(bundle, pems, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d.writeConfig(fmt.Sprintf("[hub]\nendpoint_override = %q\n\n[network]\nca_file = %q\n", stranger.hub, bundle))
+			before := registrations(t, emu, info.RegistrationID)
+			if dpsFaults != nil {
+				emu.faults(dpsFaults)
+			}
+			d.start()
+			s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool {
+				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "still refuses")
+			})
+			if s.Hub.Result != "rejected" {
+				t.Errorf("hub %+v, want rejected", s.Hub)
+			}
+			if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
+				t.Errorf("next attempt %v: want a slow retry", s.NextAttemptAt)
+			}
+			if n := registrations(t, emu, info.RegistrationID); n != before+1 {
+				t.Errorf("%d registrations after the rejections, want exactly one more than %d", n, before)
+			}
+		})
+	}
+}
+
+// TestDeadKeyDoesNotDriveDPS: the TPM is cleared and a technician's
+// re-registration fails for good (the enrollment was disabled meanwhile).
+// Apps that keep asking for tokens must get "not provisioned", not make
+// the daemon register with DPS on every request.
+func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
+	emu, d, s := provisioned(t, "[hub]\nverify = false\n\n[tpm]\ncheck_interval = \"1h\"\n")
+	info := apitype.EnrollInfo{RegistrationID: s.RegistrationID}
+	out, _, code := d.cli("enroll-info", "--json", "--socket", d.socket)
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil {
+		t.Fatalf("enroll-info: %d %s", code, out)
+	}
+	body := map[string]any{
+		"registrationId":     info.RegistrationID,
+		"attestation":        map[string]any{"type": "tpm", "tpm": map[string]any{"endorsementKey": info.EndorsementKey}},
+		"provisioningStatus": "disabled",
+	}
+	if code := emu.call("PUT", "/enrollments/"+info.RegistrationID, body, nil); code >= 300 {
+		t.Fatalf("PUT enrollment: %d", code)
+	}
+	tpmtest.ClearSwtpm(t, d.tpm)
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	before := emu.stats()["total"]
+	for range 10 {
+		if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
+			t.Fatal("a token was issued with the key of a cleared TPM")
 		}
-		pems = append(pems, b...)
 	}
-	if err := os.WriteFile(bundle, pems, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := newDevice(t, emu, fmt.Sprintf("[hub]\nendpoint_override = %q\n\n[network]\nca_file = %q\n", stranger.hub, bundle))
-	info := d.enroll(nil)
-	d.start()
-	s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
-	if s.Hub.Result != "rejected" || s.LastError == nil || !strings.Contains(*s.LastError, "still refuses") {
-		t.Errorf("status %+v, want hub rejected and a lastError saying the hub still refuses", s)
-	}
-	if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
-		t.Errorf("next attempt %v: want a slow retry", s.NextAttemptAt)
-	}
-	if n := registrations(t, emu, info.RegistrationID); n != 2 {
-		t.Errorf("%d registrations, want 2: the first and one more after the rejection", n)
+	time.Sleep(500 * time.Millisecond) // room for a wrongly woken registration
+	if n := emu.stats()["total"] - before; n != 0 {
+		t.Errorf("%d DPS requests caused by token requests during a backoff, want 0", n)
 	}
 }

@@ -52,7 +52,8 @@ type Engine struct {
 	cfg *config.Config
 	log *slog.Logger
 
-	requests chan apitype.Reason
+	// wake tells Run that a request is pending (see request).
+	wake chan struct{}
 
 	mu       sync.Mutex
 	status   apitype.Status
@@ -72,6 +73,12 @@ type Engine struct {
 	hubVerified   *identity
 	session       *session
 	hubRejections int
+
+	// pending is the strongest request since Run last looked (guarded by
+	// mu): a technician's request outranks a hub rejection, which
+	// outranks a re-check; none is lost to a weaker one.
+	pending    apitype.Reason
+	hasPending bool
 }
 
 // identity is what signs hub tokens: the SRK-wrapped HMAC key and where it
@@ -91,10 +98,10 @@ func New(o Options) *Engine {
 		o.Retry = DefaultRetry
 	}
 	e := &Engine{
-		o:        o,
-		cfg:      o.Config,
-		log:      o.Log,
-		requests: make(chan apitype.Reason, 1),
+		o:    o,
+		cfg:  o.Config,
+		log:  o.Log,
+		wake: make(chan struct{}, 1),
 	}
 	e.status = apitype.Status{
 		State:   apitype.StateStarting,
@@ -121,10 +128,47 @@ func (e *Engine) Reprovision(reason apitype.Reason) {
 	if reason == "" {
 		reason = apitype.ReasonRequested
 	}
-	select {
-	case e.requests <- reason:
-	default: // one is already pending; it does the same work
+	e.request(reason)
+}
+
+// recheck wakes Run to compare the TPM with the record at once: a key that
+// no longer loads means the TPM was probably cleared.
+func (e *Engine) recheck() { e.request("") }
+
+// request records r unless a stronger request is pending, and wakes Run.
+func (e *Engine) request(r apitype.Reason) {
+	e.mu.Lock()
+	if !e.hasPending || rank(r) > rank(e.pending) {
+		e.pending, e.hasPending = r, true
 	}
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default: // Run is already woken; it reads pending
+	}
+}
+
+// takeRequest returns and clears the pending request.
+func (e *Engine) takeRequest() (apitype.Reason, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r, ok := e.pending, e.hasPending
+	e.pending, e.hasPending = "", false
+	return r, ok
+}
+
+// rank orders forced reasons: a technician's request, then a hub
+// rejection, then a mere re-check ("").
+func rank(r apitype.Reason) int {
+	switch r {
+	case apitype.ReasonRequested:
+		return 3
+	case apitype.ReasonHubRejected:
+		return 2
+	case "":
+		return 0
+	}
+	return 1
 }
 
 // now is the time tokens are dated by: the system clock once it is sane,
@@ -198,14 +242,20 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.stopSession()
 
 	// reason forces a registration; it is kept until one succeeds, so a
-	// technician's request survives a transient DPS failure.
+	// technician's request survives a transient DPS failure. hubGate is
+	// whether a hub rejection has been allowed its registration: decided
+	// once per rejection, not once per retry of it.
 	reason := apitype.Reason("")
+	hubGate := false
 	failures := 0
 	for {
 		var err error
-		if reason == apitype.ReasonHubRejected && !e.hubRetryDue() {
-			err = errHubStillRejects
-		} else {
+		if reason == apitype.ReasonHubRejected && !hubGate {
+			if hubGate = e.hubRetryDue(); !hubGate {
+				err = errHubStillRejects
+			}
+		}
+		if err == nil {
 			err = e.converge(ctx, dev, &rec, reason)
 		}
 		if ctx.Err() != nil {
@@ -218,11 +268,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			if errors.Is(err, errHubStillRejects) {
 				// After the slow wait the next rejection earns one more
 				// registration.
-				reason = ""
+				reason, hubGate = "", false
 				e.resetHubRejections()
 			}
 		} else {
-			reason, failures = "", 0
+			reason, hubGate, failures = "", false, 0
 			e.update(func(s *apitype.Status) { s.LastError = nil; s.NextAttemptAt = nil })
 			if r := e.checkHub(ctx, &rec); r != "" {
 				reason = r
@@ -234,34 +284,55 @@ func (e *Engine) Run(ctx context.Context) error {
 		// must not keep systemd waiting for READY until its start timeout
 		// kills the service: the daemon is up and reports why it waits.
 		e.ready()
-		select {
-		case <-ctx.Done():
+		r, woken := e.sleep(ctx, wait, failures > 0)
+		if ctx.Err() != nil {
 			return nil
-		case r := <-e.requests:
-			if r != "" {
-				reason = r
-				e.log.Info("registration requested", "reason", string(r))
+		}
+		if woken && r != "" && rank(r) >= rank(reason) {
+			if r != reason {
+				hubGate = false
 			}
-		case <-time.After(wait):
+			reason = r
+			e.log.Info("registration requested", "reason", string(r))
 		}
 	}
 }
 
-// recheck wakes Run to compare the TPM with the record at once: a key that
-// no longer loads means the TPM was probably cleared.
-func (e *Engine) recheck() {
-	select {
-	case e.requests <- "":
-	default: // a request is pending; it re-checks as well
+// sleep waits d, or less when a request arrives. A mere re-check does not
+// cut short a backoff after a failure: an app asking for tokens with a dead
+// key must not make the daemon hammer DPS.
+func (e *Engine) sleep(ctx context.Context, d time.Duration, backingOff bool) (apitype.Reason, bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return "", false
+		case <-t.C:
+			return "", false
+		case <-e.wake:
+			r, ok := e.takeRequest()
+			if !ok || (r == "" && backingOff) {
+				continue
+			}
+			return r, true
+		}
 	}
 }
+
+// clockPoll is how often a daemon waiting for the system clock looks again.
+const clockPoll = 5 * time.Second
 
 // fail records a failed attempt and returns how long to wait before the
 // next one.
 func (e *Engine) fail(err error, n int) time.Duration {
 	perm := isPermanent(err)
 	wait := e.o.Retry.Delay(n, retryAfter(err), perm)
-	next := e.o.Now().Add(wait).UTC().Truncate(time.Second)
+	if errors.Is(err, errClockUnset) {
+		// Time sync may come any moment; look often (it costs nothing).
+		wait = clockPoll
+	}
+	next := e.now().Add(wait).UTC().Truncate(time.Second)
 	msg := err.Error()
 	st := apitype.StateFailed
 	switch {
@@ -341,6 +412,11 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 		s.TPM.EKDigest = fp.ekDigest
 		s.TPM.SRKName = fp.srkName
 	})
+	if rec.SRKName != "" && rec.SRKName != fp.srkName {
+		// The identity died with the old SRK, whatever the reason for this
+		// round: no token may be tried with it any more.
+		e.setIdentity(nil)
+	}
 
 	if reason == "" {
 		reason, err = e.needsRegistration(ctx, dev, rec, fp)
@@ -352,7 +428,9 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 	// the daemon is up (READY), provisioned or not.
 	e.ready()
 	if err := e.ensureOwnership(ctx, dev); err != nil {
-		return err
+		// The identity does not depend on it: a provisioned device stays
+		// provisioned, and the next round tries again.
+		e.log.Error("taking ownership of the TPM failed; trying again at the next check", "err", err)
 	}
 	if reason == "" {
 		if !e.clockTrusted() {
@@ -382,8 +460,6 @@ func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec 
 	switch {
 	case rec.RegistrationID == "":
 		return apitype.ReasonFirstBoot, nil
-	case rec.EKDigest != fp.ekDigest:
-		return "", ErrTPMReplaced
 	case rec.SRKName != fp.srkName:
 		e.log.Warn("TPM cleared: the SRK changed", "recorded", rec.SRKName, "now", fp.srkName)
 		return apitype.ReasonTPMCleared, nil
@@ -396,6 +472,10 @@ func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec 
 	raw, err := e.o.Store.LoadIdentity()
 	if err != nil {
 		e.log.Error("identity key unusable: registering again", "err", err)
+		return apitype.ReasonFirstBoot, nil
+	}
+	if rec.IdentityDigest != "" && digest(raw) != rec.IdentityDigest {
+		e.log.Error("the identity key on disk is not the one the record names: registering again", "file", state.IdentityFile)
 		return apitype.ReasonFirstBoot, nil
 	}
 	key := new(tpmdev.WrappedKey)

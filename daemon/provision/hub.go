@@ -37,7 +37,7 @@ func (e *Engine) checkHub(ctx context.Context, rec *state.State) apitype.Reason 
 		return ""
 	}
 	took, err := hub.Check(ctx, e.hubConfig(id), e.reported(rec))
-	now := e.o.Now().UTC().Truncate(time.Second)
+	now := e.now().UTC().Truncate(time.Second)
 	switch {
 	case err == nil:
 		e.hubVerified = id
@@ -95,7 +95,7 @@ func (e *Engine) startSession(ctx context.Context, rec *state.State, id *identit
 		Status:      func() any { return e.Status() },
 	}
 	onState := func(connected bool, err error) {
-		now := e.o.Now().UTC().Truncate(time.Second)
+		now := e.now().UTC().Truncate(time.Second)
 		if connected {
 			e.resetHubRejections()
 		}

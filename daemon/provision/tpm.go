@@ -79,8 +79,11 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 
 // setupTPM makes sure of the EK, ownership and the SRK, following the
 // configured ownership policy. When expectEK (a hex EK digest) is set and
-// the TPM's EK differs, it stops before touching the TPM's owner side or
-// owner.auth: a replaced TPM needs a new enrollment first.
+// the TPM's EK differs, it stops before taking ownership, creating the SRK
+// or touching owner.auth: a replaced TPM needs a new enrollment first. (An
+// EK missing from a replacement is still created and persisted: it is the
+// same key whoever creates it, and its public part is what the operator
+// needs for that enrollment.)
 func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK string) (tpmKeys, error) {
 	var k tpmKeys
 	var err error
