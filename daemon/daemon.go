@@ -86,7 +86,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { _ = engine.Run(ctx) })
-	wg.Go(func() { notify.Watchdog(ctx) })
+	wg.Go(func() { notify.Watchdog(ctx, engine.Healthy) })
 
 	select {
 	case <-ctx.Done():

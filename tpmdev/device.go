@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -31,6 +32,22 @@ type Device struct {
 	stats   Stats
 
 	inputBuffer int // TPM_PT_INPUT_BUFFER, read once; 0 until known
+
+	// sentAt is when the command in flight was sent (Unix nanoseconds),
+	// 0 when none is: Busy reports a TPM or driver that stopped answering.
+	sentAt atomic.Int64
+}
+
+// Busy is how long the command in flight has been waiting for the TPM's
+// answer; 0 when none is in flight. A discrete TPM may take minutes to
+// generate an RSA key (the kernel allows 300 s), so only much longer
+// means the TPM or its driver hangs.
+func (d *Device) Busy() time.Duration {
+	t := d.sentAt.Load()
+	if t == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, t))
 }
 
 // Stats counts the commands a Device has sent.
@@ -205,7 +222,9 @@ func (c *countingTPM) send(cmd []byte) ([]byte, error) {
 	}
 	name := commandName(commandCode(cmd))
 	start := time.Now()
+	c.d.sentAt.Store(start.UnixNano())
 	rsp, err := c.t.Send(cmd)
+	c.d.sentAt.Store(0)
 	elapsed := time.Since(start)
 	c.d.statsMu.Lock()
 	s := c.d.stats.ByCommand[name]

@@ -72,3 +72,15 @@ func (e *Engine) CheckIdentity(ctx context.Context) error {
 	}
 	return e.device().LoadCheck(ctx, id.key)
 }
+
+// stuckTPM is how long one TPM command may take before the daemon counts
+// as hung: well beyond the slowest key generation the kernel allows (300 s).
+const stuckTPM = 10 * time.Minute
+
+// Healthy reports whether the engine is making progress: false once a TPM
+// command has waited longer than any TPM takes, so that systemd's watchdog
+// restarts the daemon.
+func (e *Engine) Healthy() bool {
+	dev := e.device()
+	return dev == nil || dev.Busy() < stuckTPM
+}

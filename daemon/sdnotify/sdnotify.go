@@ -41,8 +41,10 @@ func (n *Notifier) Status(text string) {
 }
 
 // Watchdog pings the service manager at half the interval it asked for
-// (WATCHDOG_USEC) until ctx ends. It returns at once when no watchdog is set.
-func (n *Notifier) Watchdog(ctx context.Context) {
+// (WATCHDOG_USEC) until ctx ends, skipping a ping whenever healthy (may be
+// nil) says the daemon is stuck, so that systemd restarts it. It returns at
+// once when no watchdog is set.
+func (n *Notifier) Watchdog(ctx context.Context, healthy func() bool) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval <= 0 {
 		return
@@ -54,6 +56,10 @@ func (n *Notifier) Watchdog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if healthy != nil && !healthy() {
+				n.log.Error("not feeding the watchdog: the daemon is stuck")
+				continue
+			}
 			n.send(daemon.SdNotifyWatchdog)
 		}
 	}

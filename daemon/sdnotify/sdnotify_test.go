@@ -66,7 +66,7 @@ func TestWatchdogPings(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		New(slog.New(slog.NewTextHandler(io.Discard, nil))).Watchdog(ctx)
+		New(slog.New(slog.NewTextHandler(io.Discard, nil))).Watchdog(ctx, func() bool { return true })
 		close(done)
 	}()
 	if got := read(t, c); !strings.Contains(got, "WATCHDOG=1") {
@@ -83,5 +83,32 @@ func TestNoSocketIsNoop(t *testing.T) {
 	n.Ready()
 	n.Status("x")
 	// Without a watchdog request Watchdog must return at once, not block.
-	n.Watchdog(context.Background())
+	n.Watchdog(context.Background(), nil)
+}
+
+func TestWatchdogStarvedWhenStuck(t *testing.T) {
+	c := listen(t)
+	t.Setenv("WATCHDOG_USEC", "20000")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	checked := make(chan struct{}, 100)
+	go func() {
+		New(slog.New(slog.NewTextHandler(io.Discard, nil))).Watchdog(ctx, func() bool {
+			checked <- struct{}{}
+			return false
+		})
+		close(done)
+	}()
+	for range 5 { // several intervals, none of which may ping
+		<-checked
+	}
+	cancel()
+	<-done
+	if err := c.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := c.Read(buf); err == nil {
+		t.Errorf("a stuck daemon fed the watchdog: %q", buf[:n])
+	}
 }
