@@ -147,6 +147,20 @@ func (c *Client) Challenge(ctx context.Context, regID string, ek, srk []byte, pa
 	return nil, resp.err()
 }
 
+// ServerTime asks DPS for its clock: the Date header of a HEAD request to
+// the endpoint, whatever its status. The daemon uses it only when the system
+// clock is certainly wrong and no registration is due to bring a Date.
+func (c *Client) ServerTime(ctx context.Context) (time.Time, error) {
+	resp, err := c.do(ctx, "time", http.MethodHead, "/", nil, "")
+	if err != nil {
+		return time.Time{}, err
+	}
+	if resp.date.IsZero() {
+		return time.Time{}, fmt.Errorf("%w: no Date header in the answer", ErrProtocol)
+	}
+	return resp.date, nil
+}
+
 // Register sends the authenticated PUT with the same body as the challenge
 // request and returns the operation DPS started (or finished).
 func (c *Client) Register(ctx context.Context, regID string, ek, srk []byte, payload json.RawMessage, sas string) (*Operation, error) {

@@ -591,3 +591,40 @@ func BenchmarkParseChallenge(b *testing.B) {
 		}
 	}
 }
+
+func TestServerTime(t *testing.T) {
+	date := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		header string
+		ok     bool
+	}{
+		{"any status carries the server's Date", date.Format(http.TimeFormat), true},
+		{"no Date", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodHead {
+					t.Errorf("method %s, want HEAD", r.Method)
+				}
+				// Go's server adds a Date unless the handler sets it, even empty.
+				w.Header()["Date"] = []string{tc.header}
+				w.WriteHeader(http.StatusNotFound)
+			}))
+			defer srv.Close()
+			pool := x509.NewCertPool()
+			pool.AddCert(srv.Certificate())
+			c, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.ServerTime(context.Background())
+			if tc.ok && (err != nil || !got.Equal(date)) {
+				t.Errorf("ServerTime = %v, %v; want %v", got, err, date)
+			}
+			if !tc.ok && !errors.Is(err, ErrProtocol) {
+				t.Errorf("ServerTime without a Date: %v, want ErrProtocol", err)
+			}
+		})
+	}
+}

@@ -37,4 +37,21 @@ func TestClockBeforeBuildTime(t *testing.T) {
 	if !strings.Contains(d.log.String(), "using the DPS server's time") {
 		t.Errorf("the wrong clock was not reported:\n%s", d.log)
 	}
+
+	// A restart with the clock still wrong: no registration brings a Date,
+	// so the daemon asks DPS for its time rather than wait for time sync.
+	d.stop()
+	registered := emu.stats()["register"]
+	d.start()
+	s = d.waitProvisioned()
+	s = d.waitFor("hub check after the restart", func(s apitype.Status) bool { return s.Hub.Result != "" })
+	if s.Hub.Result != "ok" {
+		t.Errorf("hub check after a restart with a wrong clock: %+v", s.Hub)
+	}
+	if n := emu.stats()["register"]; n != registered {
+		t.Errorf("the restart registered again (%d registrations, was %d)", n, registered)
+	}
+	if _, errOut, code := d.cli("token", "--socket", d.socket); code != 0 {
+		t.Errorf("no token after a restart with a wrong clock: %s", errOut)
+	}
 }

@@ -433,6 +433,7 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 		e.log.Error("taking ownership of the TPM failed; trying again at the next check", "err", err)
 	}
 	if reason == "" {
+		e.askServerTime(ctx)
 		if !e.clockTrusted() {
 			// The identity works, but every token it signed now would be
 			// dated decades ago; the hub would refuse them.

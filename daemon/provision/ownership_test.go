@@ -34,6 +34,10 @@ func (downDPS) Poll(context.Context, string, string, string) (*dps.Operation, er
 	return nil, errors.New("DPS down")
 }
 
+func (downDPS) ServerTime(context.Context) (time.Time, error) {
+	return time.Time{}, errors.New("DPS down")
+}
+
 // TestOwnershipTakenAfterInterruptedFirstBoot: with ownership = "take", a
 // first boot that created the SRK but could not save owner.auth (a full
 // disk, a crash in between) leaves an unowned TPM with an SRK; a later

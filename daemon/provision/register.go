@@ -22,6 +22,7 @@ type DPS interface {
 	Challenge(ctx context.Context, regID string, ek, srk []byte, payload json.RawMessage) (*dps.Challenge, error)
 	Register(ctx context.Context, regID string, ek, srk []byte, payload json.RawMessage, sasToken string) (*dps.Operation, error)
 	Poll(ctx context.Context, regID, operationID, sasToken string) (*dps.Operation, error)
+	ServerTime(ctx context.Context) (time.Time, error)
 }
 
 // registrationTokenTTL is the lifetime of the SAS used for the registration
@@ -208,12 +209,34 @@ func (e *Engine) checkClock(serverDate time.Time) error {
 	if serverDate.IsZero() {
 		return errClockUnset
 	}
-	e.mu.Lock()
-	e.serverTime, e.serverTimeAt = serverDate, time.Now()
-	e.mu.Unlock()
+	e.setServerTime(serverDate)
 	e.log.Warn("system clock is before this build's date: using the DPS server's time for tokens",
 		"system", e.o.Now().UTC().Format(time.RFC3339), "server", serverDate.UTC().Format(time.RFC3339))
 	return nil
+}
+
+func (e *Engine) setServerTime(t time.Time) {
+	e.mu.Lock()
+	e.serverTime, e.serverTimeAt = t, time.Now()
+	e.mu.Unlock()
+}
+
+// askServerTime takes DPS's clock when the system clock is wrong and no
+// registration brings a Date: a device without a battery-backed clock that
+// restarts before time sync. It is the only network request a warm start
+// can make, and only then.
+func (e *Engine) askServerTime(ctx context.Context) {
+	if e.clockTrusted() {
+		return
+	}
+	t, err := e.o.DPS.ServerTime(ctx)
+	if err != nil {
+		e.log.Warn("the system clock is wrong and DPS's clock is out of reach", "err", err)
+		return
+	}
+	e.setServerTime(t)
+	e.log.Warn("system clock is before this build's date: using the DPS server's time for tokens",
+		"system", e.o.Now().UTC().Format(time.RFC3339), "server", t.UTC().Format(time.RFC3339))
 }
 
 // retryAfter extracts a server's requested delay from an error chain.
