@@ -9,8 +9,6 @@ package provision
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -122,80 +120,6 @@ func (e *Engine) Status() apitype.Status {
 	return s
 }
 
-// Reprovision asks for a new registration with the given reason. It does not
-// wait; the status shows the progress.
-func (e *Engine) Reprovision(reason apitype.Reason) {
-	if reason == "" {
-		reason = apitype.ReasonRequested
-	}
-	e.request(reason)
-}
-
-// recheck wakes Run to compare the TPM with the record at once: a key that
-// no longer loads means the TPM was probably cleared.
-func (e *Engine) recheck() { e.request("") }
-
-// request records r unless a stronger request is pending, and wakes Run.
-func (e *Engine) request(r apitype.Reason) {
-	e.mu.Lock()
-	if !e.hasPending || rank(r) > rank(e.pending) {
-		e.pending, e.hasPending = r, true
-	}
-	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default: // Run is already woken; it reads pending
-	}
-}
-
-// takeRequest returns and clears the pending request.
-func (e *Engine) takeRequest() (apitype.Reason, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	r, ok := e.pending, e.hasPending
-	e.pending, e.hasPending = "", false
-	return r, ok
-}
-
-// rank orders forced reasons: a technician's request, then a hub
-// rejection, then a mere re-check ("").
-func rank(r apitype.Reason) int {
-	switch r {
-	case apitype.ReasonRequested:
-		return 3
-	case apitype.ReasonHubRejected:
-		return 2
-	case "":
-		return 0
-	}
-	return 1
-}
-
-// now is the time tokens are dated by: the system clock once it is sane,
-// else the DPS server's clock when one was seen.
-func (e *Engine) now() time.Time {
-	local := e.o.Now()
-	if !local.Before(version.BuildTime()) {
-		return local
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.serverTime.IsZero() {
-		return local
-	}
-	return e.serverTime.Add(time.Since(e.serverTimeAt))
-}
-
-// clockTrusted reports whether now can date a token.
-func (e *Engine) clockTrusted() bool {
-	if !e.o.Now().Before(version.BuildTime()) {
-		return true
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return !e.serverTime.IsZero()
-}
-
 func (e *Engine) setPhase(s apitype.State, text string) {
 	e.mu.Lock()
 	changed := e.status.State != s
@@ -298,31 +222,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
-// sleep waits d, or less when a request arrives. A mere re-check does not
-// cut short a backoff after a failure: an app asking for tokens with a dead
-// key must not make the daemon hammer DPS.
-func (e *Engine) sleep(ctx context.Context, d time.Duration, backingOff bool) (apitype.Reason, bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return "", false
-		case <-t.C:
-			return "", false
-		case <-e.wake:
-			r, ok := e.takeRequest()
-			if !ok || (r == "" && backingOff) {
-				continue
-			}
-			return r, true
-		}
-	}
-}
-
-// clockPoll is how often a daemon waiting for the system clock looks again.
-const clockPoll = 5 * time.Second
-
 // fail records a failed attempt and returns how long to wait before the
 // next one.
 func (e *Engine) fail(err error, n int) time.Duration {
@@ -348,50 +247,6 @@ func (e *Engine) fail(err error, n int) time.Duration {
 	e.setPhase(st, fmt.Sprintf("%s: %s; next attempt %s", st, msg, next.Format(time.RFC3339)))
 	e.log.Error("provisioning failed", "attempt", n, "permanent", perm, "retry_in", wait.Round(time.Second).String(), "err", err)
 	return wait
-}
-
-// loadRecord reads the provisioning record and finishes or undoes an
-// identity switch that a crash interrupted.
-func (e *Engine) loadRecord() state.State {
-	rec, found, err := e.o.Store.Load()
-	if err != nil {
-		e.log.Error("state file unusable: treating the device as fresh", "dir", e.cfg.State.Dir, "err", err)
-		rec, found = state.State{}, false
-	}
-	switch staged, err := e.o.Store.LoadStaged(); {
-	case err != nil:
-		e.log.Error("reading the staged identity key failed", "err", err)
-	case staged == nil:
-	case found && rec.IdentityDigest == digest(staged):
-		// The record names the staged key: the crash came after the
-		// record was saved, so the switch must be finished.
-		err = e.o.Store.CommitIdentity()
-		e.log.Info("finished an interrupted identity switch", "err", err)
-	default:
-		// No record names it: the registration that staged it never
-		// completed, and the old identity stays.
-		err = e.o.Store.DiscardStaged()
-		e.log.Info("discarded an identity from an interrupted registration", "err", err)
-	}
-	if !found {
-		return state.State{}
-	}
-	e.update(func(s *apitype.Status) {
-		s.RegistrationID = rec.RegistrationID
-		s.AssignedHub = rec.AssignedHub
-		s.DeviceID = rec.DeviceID
-		s.Reason = apitype.Reason(rec.Reason)
-		if !rec.ProvisionedAt.IsZero() {
-			t := rec.ProvisionedAt
-			s.ProvisionedAt = &t
-		}
-	})
-	return rec
-}
-
-func digest(b []byte) string {
-	d := sha256.Sum256(b)
-	return hex.EncodeToString(d[:])
 }
 
 // converge brings the device to provisioned. reason, when set, forces a new

@@ -199,46 +199,6 @@ func (e *Engine) signer(dev *tpmdev.Device, key *tpmdev.WrappedKey) sas.Signer {
 	}
 }
 
-// checkClock makes sure tokens are not signed with a clock that is
-// certainly wrong: before the binary was built. The DPS server's Date then
-// stands in for it until the system clock is set.
-func (e *Engine) checkClock(serverDate time.Time) error {
-	if !e.o.Now().Before(version.BuildTime()) {
-		return nil
-	}
-	if serverDate.IsZero() {
-		return errClockUnset
-	}
-	e.setServerTime(serverDate)
-	e.log.Warn("system clock is before this build's date: using the DPS server's time for tokens",
-		"system", e.o.Now().UTC().Format(time.RFC3339), "server", serverDate.UTC().Format(time.RFC3339))
-	return nil
-}
-
-func (e *Engine) setServerTime(t time.Time) {
-	e.mu.Lock()
-	e.serverTime, e.serverTimeAt = t, time.Now()
-	e.mu.Unlock()
-}
-
-// askServerTime takes DPS's clock when the system clock is wrong and no
-// registration brings a Date: a device without a battery-backed clock that
-// restarts before time sync. It is the only network request a warm start
-// can make, and only then.
-func (e *Engine) askServerTime(ctx context.Context) {
-	if e.clockTrusted() {
-		return
-	}
-	t, err := e.o.DPS.ServerTime(ctx)
-	if err != nil {
-		e.log.Warn("the system clock is wrong and DPS's clock is out of reach", "err", err)
-		return
-	}
-	e.setServerTime(t)
-	e.log.Warn("system clock is before this build's date: using the DPS server's time for tokens",
-		"system", e.o.Now().UTC().Format(time.RFC3339), "server", t.UTC().Format(time.RFC3339))
-}
-
 // retryAfter extracts a server's requested delay from an error chain.
 func retryAfter(err error) time.Duration {
 	var de *dps.Error
