@@ -28,6 +28,10 @@ type socketConnector struct {
 	network, addr string
 }
 
+// cleanupTimeout bounds a cleanup command sent on a fresh connection after
+// the operation's own connection failed.
+const cleanupTimeout = 30 * time.Second
+
 func (s *socketConnector) begin(ctx context.Context) (transport.TPM, func(), error) {
 	var dialer net.Dialer
 	c, err := dialer.DialContext(ctx, s.network, s.addr)
@@ -39,7 +43,15 @@ func (s *socketConnector) begin(ctx context.Context) (transport.TPM, func(), err
 	}
 	// Cancelling ctx ends a command that waits on the TPM.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	return &simConn{c: c}, func() { stop(); c.Close() }, nil
+	sc := &simConn{c: c, redial: func() (net.Conn, error) {
+		d := net.Dialer{Timeout: cleanupTimeout}
+		c, err := d.Dial(s.network, s.addr)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(cleanupTimeout))
+		}
+		return c, err
+	}}
+	return sc, func() { stop(); sc.c.Close() }, nil
 }
 
 func (s *socketConnector) close() error { return nil }
@@ -47,10 +59,34 @@ func (s *socketConnector) close() error { return nil }
 // simConn sends commands over one connection with the simulator framing.
 type simConn struct {
 	c net.Conn
+	// broken: an exchange failed midway (a cancelled wait, a peer that
+	// went away); the stream may hold half an answer. The only commands
+	// sent after that are cleanups (FlushContext), and they go over a new
+	// connection from redial: the socket TPM keeps loaded objects across
+	// connections, so they must still be flushed.
+	broken bool
+	redial func() (net.Conn, error)
 }
 
 // Send implements transport.TPM.
 func (s *simConn) Send(cmd []byte) ([]byte, error) {
+	if s.broken {
+		c, err := s.redial()
+		if err != nil {
+			return nil, fmt.Errorf("reconnecting for cleanup: %w", err)
+		}
+		s.c.Close()
+		s.c, s.broken = c, false
+	}
+	rsp, err := s.exchange(cmd)
+	if err != nil {
+		s.broken = true
+	}
+	return rsp, err
+}
+
+// exchange sends one command and reads its answer.
+func (s *simConn) exchange(cmd []byte) ([]byte, error) {
 	msg := make([]byte, 9, 9+len(cmd))
 	binary.BigEndian.PutUint32(msg[0:4], simSendCommand)
 	msg[4] = 0 // locality
