@@ -237,6 +237,11 @@ func (c *countingTPM) send(cmd []byte) ([]byte, error) {
 		if ctxErr := c.ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%w (%w)", ctxErr, err)
 		}
+		// A socket's deadline is the context's: it may fire a moment
+		// before the context says so.
+		if dl, ok := c.ctx.Deadline(); ok && !time.Now().Before(dl) {
+			return nil, fmt.Errorf("%w (%w)", context.DeadlineExceeded, err)
+		}
 		return nil, fmt.Errorf("TPM transport: %w", err)
 	}
 	return rsp, nil
