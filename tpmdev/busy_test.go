@@ -41,3 +41,24 @@ func TestBusyWhileACommandHangs(t *testing.T) {
 		t.Errorf("busy for %v after the answer", b)
 	}
 }
+
+// A caller waiting for the TPM behind a slow operation can give up.
+func TestWaitForTheTPMHonoursContext(t *testing.T) {
+	h := hangingTPM{release: make(chan struct{})}
+	dev := tpmdev.OpenTransport(h, "hanging", nil)
+	done := make(chan struct{})
+	go func() {
+		_, _ = dev.ReadSRK(context.Background()) // holds the TPM
+		close(done)
+	}()
+	for dev.Busy() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := dev.ReadEK(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ReadEK behind a hung operation: %v, want the deadline", err)
+	}
+	close(h.release)
+	<-done
+}

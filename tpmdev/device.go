@@ -25,7 +25,9 @@ type Device struct {
 	path string
 	log  *slog.Logger
 
-	mu   sync.Mutex // held for the length of one method call (an operation)
+	// owner is a one-slot semaphore held for the length of one method call
+	// (an operation); unlike a mutex, a caller can give up waiting for it.
+	owner chan struct{}
 	conn connector
 
 	statsMu sync.Mutex
@@ -136,6 +138,7 @@ func newDevice(path string, c connector, log *slog.Logger) *Device {
 	return &Device{
 		path:  path,
 		log:   log.With("tpm", path),
+		owner: make(chan struct{}, 1),
 		conn:  c,
 		stats: Stats{ByCommand: map[string]CommandStat{}},
 	}
@@ -143,8 +146,8 @@ func newDevice(path string, c connector, log *slog.Logger) *Device {
 
 // Close releases the device. It waits for a running operation to end.
 func (d *Device) Close() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.owner <- struct{}{}
+	defer func() { <-d.owner }()
 	if err := d.conn.close(); err != nil {
 		return fmt.Errorf("closing TPM %s: %w", d.path, err)
 	}
@@ -170,11 +173,17 @@ func (d *Device) Stats() Stats {
 // already sent to a device file runs to its end (the kernel offers no way
 // to abandon it); on a socket, cancelling ctx unblocks the wait.
 func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) error) error {
+	// A caller that gives up (a status API request past its timeout) must
+	// not queue for ever behind a slow operation such as a key generation.
+	select {
+	case d.owner <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%s: waiting for the TPM: %w", op, ctx.Err())
+	}
+	defer func() { <-d.owner }()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	start := time.Now()
 	t, end, err := d.conn.begin(ctx)
 	if err != nil {
