@@ -272,8 +272,14 @@ func (r *run) ownership(ctx context.Context) apitype.Check {
 	if !o.OwnerAuthSet {
 		return pass(NameOwnership, "not owned: dpsd takes ownership at start")
 	}
-	if _, err := os.Stat(filepath.Join(r.cfg.State.Dir, state.OwnerAuthFile)); err == nil {
+	switch _, err := os.Stat(filepath.Join(r.cfg.State.Dir, state.OwnerAuthFile)); {
+	case err == nil:
 		return pass(NameOwnership, "owned by dpsd (owner auth sealed in "+state.OwnerAuthFile+")")
+	case errors.Is(err, fs.ErrPermission):
+		// The state dir is dpsd's alone (0700): from here nobody can tell
+		// dpsd's ownership from someone else's.
+		return warn(NameOwnership, "owner auth set; "+r.cfg.State.Dir+" is not readable by this user, so whose it is cannot be told",
+			"run dpsd check as root")
 	}
 	if _, err := r.readSRK(ctx); err == nil {
 		return warn(NameOwnership, "owned by someone else; dpsd uses the SRK already there",
@@ -315,6 +321,8 @@ func (r *run) identityKey(ctx context.Context) apitype.Check {
 		return pass(NameIdentityKey, "the hub credential loads in the TPM")
 	case errors.Is(err, fs.ErrNotExist):
 		return warn(NameIdentityKey, "no hub credential yet", "dpsd provisions at start; see dpsd status")
+	case errors.Is(err, fs.ErrPermission):
+		return warn(NameIdentityKey, "the hub credential is not readable by this user", "run dpsd check as root")
 	case errors.Is(err, tpmdev.ErrKeyInvalidated):
 		return fail(NameIdentityKey, "the hub credential no longer loads: the TPM was cleared",
 			"dpsd provisions again by itself (reason tpm-cleared); to force it now: sudo dpsd reprovision")

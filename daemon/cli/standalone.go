@@ -114,9 +114,11 @@ func (e *env) standaloneEnrollInfo(ctx context.Context) (apitype.EnrollInfo, err
 	if info.RegistrationID == "" {
 		info.RegistrationID = dps.RegistrationID(ek.Public)
 	}
+	// The certificate is optional to DPS: without it the enrollment still
+	// works, so a certificate that cannot be read is a warning.
 	cert, err := dev.EKCertificate(ctx)
 	if err != nil {
-		return apitype.EnrollInfo{}, fmt.Errorf("reading the EK certificate: %w", err)
+		fmt.Fprintf(e.stderr, "dpsd enroll-info: the EK certificate could not be read (DPS does not need it): %v\n", err)
 	}
 	if cert != nil {
 		info.EKCertificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert}))

@@ -58,12 +58,14 @@ func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration)
 			if st.LastError != nil && *st.LastError != "" {
 				seen += ": " + *st.LastError
 			}
-		case errors.Is(err, client.ErrNotRunning):
-			seen = err.Error()
 		case ctx.Err() != nil:
 			// The deadline cut the request itself short; reported below.
-		default:
+		case refused(err):
 			return e.fail("wait", err)
+		default:
+			// Not running, restarting, or gone mid-answer: the daemon will
+			// be back (systemd restarts it); keep waiting.
+			seen = err.Error()
 		}
 		if seen != "" && seen != last {
 			fmt.Fprintf(e.stderr, "dpsd wait: %s\n", seen)
@@ -80,4 +82,12 @@ func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration)
 		case <-time.After(waitPoll):
 		}
 	}
+}
+
+// refused reports whether the daemon turned the caller away: waiting longer
+// cannot help (permission denied, a request it does not serve).
+func refused(err error) bool {
+	var api *client.APIError
+	return errors.Is(err, client.ErrPermission) ||
+		errors.As(err, &api) && api.StatusCode >= 400 && api.StatusCode < 500
 }

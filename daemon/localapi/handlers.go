@@ -158,15 +158,18 @@ func (s *Server) serveEnrollInfo(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveCheck(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
-	defer cancel()
+	// One check at a time, refused at once rather than queued: a queued
+	// check would start with little of its time left and report network
+	// probes as failed that only ran out of time.
 	select {
 	case s.checks <- struct{}{}:
 		defer func() { <-s.checks }()
-	case <-ctx.Done():
+	default:
 		writeJSON(w, http.StatusServiceUnavailable, apitype.Error{Error: "another check is running", Fix: "retry in a minute"})
 		return
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
+	defer cancel()
 	writeJSON(w, http.StatusOK, s.backend.Check(ctx))
 }
 

@@ -49,9 +49,12 @@ func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
 	if info.RegistrationID == "" {
 		info.RegistrationID = dps.RegistrationID(ek)
 	}
+	// DPS does not need the certificate: one that cannot be read (an NV
+	// index that wants an owner auth dpsd does not send) is logged, and the
+	// operator still gets what the enrollment needs.
 	cert, err := dev.EKCertificate(ctx)
 	if err != nil {
-		return info, fmt.Errorf("reading the EK certificate: %w", err)
+		e.log.Warn("reading the EK certificate failed", "err", err)
 	}
 	if cert != nil {
 		info.EKCertificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert}))
