@@ -28,7 +28,7 @@ type Device struct {
 	// owner is a one-slot semaphore held for the length of one method call
 	// (an operation); unlike a mutex, a caller can give up waiting for it.
 	owner chan struct{}
-	conn connector
+	conn  connector
 
 	statsMu sync.Mutex
 	stats   Stats
