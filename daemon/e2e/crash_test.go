@@ -3,7 +3,6 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -115,15 +114,7 @@ func TestInterruptedSwitch(t *testing.T) {
 // identity it had, working.
 func TestKilledDuringReregistration(t *testing.T) {
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
-	old, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu.faults(map[string]any{"assignAfterPolls": 1000})
-	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
-		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
-	}
-	d.waitFor("assigning", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	old := d.stuckReregistration()
 	d.kill()
 
 	emu.faults(map[string]any{})
@@ -134,14 +125,7 @@ func TestKilledDuringReregistration(t *testing.T) {
 	if err != nil || string(now) != string(old) || again.DeviceID != s.DeviceID {
 		t.Fatalf("the identity changed although DPS never assigned the device (err %v)", err)
 	}
-	out, errOut, code := d.cli("token", "--json", "--socket", d.socket)
-	if code != 0 {
-		t.Fatalf("dpsd token after the power cut: %s", errOut)
-	}
-	var tok apitype.Token
-	if err := json.Unmarshal([]byte(out), &tok); err != nil {
-		t.Fatal(err)
-	}
+	tok := d.token()
 	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
 		t.Errorf("the hub refuses the identity kept across the power cut: %v", err)
 	}

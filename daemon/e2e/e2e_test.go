@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,12 +101,7 @@ func TestClearedWhileRunning(t *testing.T) {
 
 func TestDPSDownAtFirstBoot(t *testing.T) {
 	// Reserve a port for DPS, start the device while nothing listens there.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().String()
-	l.Close()
+	port := freeAddr(t)
 
 	emuDir := t.TempDir()
 	emu := startEmulator(t, emuDir, port)
@@ -151,30 +144,14 @@ func TestThrottlingAndServerErrorsAreRetried(t *testing.T) {
 // had, and the hub must still accept it.
 func TestFailedReregistrationKeepsIdentity(t *testing.T) {
 	emu, d, _ := provisioned(t, "[hub]\nverify = false\n")
-	key := filepath.Join(d.state, "identity.key")
-	old, err := os.ReadFile(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu.faults(map[string]any{"assignAfterPolls": 1000})
-	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
-		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
-	}
-	d.waitFor("the registration accepted", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	old := d.stuckReregistration()
 	emu.faults(map[string]any{"serverErrors": 1000})
 	d.waitFor("the failed re-registration", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
-	now, err := os.ReadFile(key)
+	now, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
 	if err != nil || string(now) != string(old) {
 		t.Fatalf("identity.key changed by a failed registration (err %v)", err)
 	}
-	out, errOut, code := d.cli("token", "--json", "--socket", d.socket)
-	if code != 0 {
-		t.Fatalf("dpsd token after a failed re-registration: %d %s", code, errOut)
-	}
-	var tok apitype.Token
-	if err := json.Unmarshal([]byte(out), &tok); err != nil {
-		t.Fatal(err)
-	}
+	tok := d.token()
 	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
 		t.Errorf("the hub refuses the old identity after a failed re-registration: %v", err)
 	}

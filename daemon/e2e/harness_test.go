@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -439,4 +440,45 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// token asks the daemon for a hub token (`dpsd token --json`).
+func (d *device) token(args ...string) apitype.Token {
+	d.t.Helper()
+	out, errOut, code := d.cli(append([]string{"token", "--json", "--socket", d.socket}, args...)...)
+	if code != 0 {
+		d.t.Fatalf("dpsd token: exit %d: %s", code, errOut)
+	}
+	var tok apitype.Token
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		d.t.Fatalf("dpsd token --json: %v: %q", err, out)
+	}
+	return tok
+}
+
+// stuckReregistration asks for a re-registration that DPS accepts but
+// never assigns, and returns the identity key the device had before.
+func (d *device) stuckReregistration() []byte {
+	d.t.Helper()
+	old, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.emu.faults(map[string]any{"assignAfterPolls": 1000})
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		d.t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	d.waitFor("the registration accepted", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	return old
+}
+
+// freeAddr is a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

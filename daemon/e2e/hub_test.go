@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,14 +106,7 @@ func mqttConnect(t *testing.T, emu *emulator, hub, deviceID, sas string) error {
 
 func TestTokenForApps(t *testing.T) {
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
-	out, errOut, code := d.cli("token", "--json", "--ttl", "10m", "--socket", d.socket)
-	if code != 0 {
-		t.Fatalf("dpsd token: %d %s", code, errOut)
-	}
-	var tok apitype.Token
-	if err := json.Unmarshal([]byte(out), &tok); err != nil {
-		t.Fatal(err)
-	}
+	tok := d.token("--ttl", "10m")
 	if tok.Hub != s.AssignedHub || tok.DeviceID != s.DeviceID || time.Until(tok.ExpiresAt) > 11*time.Minute {
 		t.Errorf("token %+v for %s/%s", tok, s.AssignedHub, s.DeviceID)
 	}
@@ -139,12 +131,7 @@ func TestTokenForApps(t *testing.T) {
 }
 
 func TestHubUnreachable(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := l.Addr().String()
-	l.Close()
+	closed := freeAddr(t)
 	emu, d, s := provisioned(t, "[hub]\nendpoint_override = \""+closed+"\"\n")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
 	if s.Hub.Result != "unreachable" || s.State != apitype.StateProvisioned {
