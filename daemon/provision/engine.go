@@ -4,7 +4,8 @@
 // config changes, the hub rejects the device or a technician asks.
 //
 // One goroutine (Run) owns every transition; the status API reads a copy of
-// the status under a mutex and asks for work through channels.
+// the status under a mutex and asks for work with Reprovision, which wakes
+// Run (requests.go).
 package provision
 
 import (

@@ -36,9 +36,6 @@ const defaultPoll = 2 * time.Second
 // device to the new identity. The old identity stays in place (and keeps
 // working) until DPS has assigned the device.
 func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, rec *state.State, reason apitype.Reason) error {
-	if reason == apitype.ReasonTPMCleared {
-		e.setIdentity(nil) // the old key died with the old SRK
-	}
 	regID := e.cfg.Provisioning.RegistrationID
 	if regID == "" {
 		regID = dps.RegistrationID(keys.ek.Public)
