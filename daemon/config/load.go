@@ -17,6 +17,11 @@ import (
 // DropInDir is the name of the drop-in directory, beside the main file.
 const DropInDir = "config.d"
 
+// ErrUnusable marks an error that only a change of the config (or of a
+// file it names) can fix: `dpsd run` exits with ExitConfig on it, and the
+// unit does not restart it in a loop.
+var ErrUnusable = errors.New("unusable config")
+
 // Error is one problem found in a config file. Load returns one *Error, or
 // several joined with errors.Join (one per line when printed).
 type Error struct {

@@ -2,15 +2,9 @@ package config
 
 import (
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 )
-
-// ErrUnusable marks an error that only a change of the config (or of a
-// file it names) can fix: `dpsd run` exits with ExitConfig on it, and the
-// unit does not restart it in a loop.
-var ErrUnusable = errors.New("unusable config")
 
 // RootCAs is what dpsd trusts for DPS and the hub: the system's roots plus
 // the PEM certificates of [network] ca_file, if set.
