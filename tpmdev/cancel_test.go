@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,13 +40,7 @@ func (c *cancelAfterLoad) Send(cmd []byte) ([]byte, error) {
 func TestCancelledOperationStillFlushes(t *testing.T) {
 	dev := tpmtest.Simulator(t)
 	ctx := context.Background()
-	if _, err := dev.EnsureSRK(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	sealed, err := dev.Seal(ctx, []byte("secret"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sealed := sealOn(t, dev)
 	tpmtest.AssertNoTransientHandles(t, dev)
 
 	// Drive the same simulator through a transport that cancels after Load.
@@ -60,10 +55,13 @@ func TestCancelledOperationStillFlushes(t *testing.T) {
 	tpmtest.AssertNoTransientHandles(t, dev)
 }
 
-// stallingProxy forwards a socket TPM's connections but never delivers a
-// TPM2_Unseal: the command waits for ever, as on a hung TPM, until the
-// caller's context ends the wait.
-func stallingProxy(t *testing.T, target string) string {
+// proxyTPM forwards a socket TPM's connections command by command, except
+// the first command with code cc: it never delivers it (deliver false: a
+// hung TPM), or delivers it and drops the answer (deliver true: the answer
+// lost on the way back, as when the caller's context ends first). Either
+// way the caller waits until its context ends the wait. dropped, when not
+// nil, is closed once that command was withheld or answered by the TPM.
+func proxyTPM(t *testing.T, target string, cc tpm2.TPMCC, deliver bool, dropped chan struct{}) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "proxy.sock")
 	ln, err := net.Listen("unix", path)
@@ -71,6 +69,13 @@ func stallingProxy(t *testing.T, target string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	var once sync.Once
+	drop := func(client net.Conn) {
+		if dropped != nil {
+			once.Do(func() { close(dropped) })
+		}
+		io.Copy(io.Discard, client) // never answered
+	}
 	go func() {
 		for {
 			client, err := ln.Accept()
@@ -84,7 +89,6 @@ func stallingProxy(t *testing.T, target string) string {
 					return
 				}
 				defer server.Close()
-				go io.Copy(client, server)
 				for {
 					// Frame: TPM_SEND_COMMAND (4), locality (1), length (4), command.
 					var hdr [9]byte
@@ -95,11 +99,28 @@ func stallingProxy(t *testing.T, target string) string {
 					if _, err := io.ReadFull(client, cmd); err != nil {
 						return
 					}
-					if len(cmd) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCUnseal {
-						io.Copy(io.Discard, client) // never answered
+					match := len(cmd) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == cc
+					if match && !deliver {
+						drop(client)
 						return
 					}
 					if _, err := server.Write(append(hdr[:], cmd...)); err != nil {
+						return
+					}
+					// Answer: length (4), response, status (4).
+					var n [4]byte
+					if _, err := io.ReadFull(server, n[:]); err != nil {
+						return
+					}
+					rsp := make([]byte, binary.BigEndian.Uint32(n[:])+4)
+					if _, err := io.ReadFull(server, rsp); err != nil {
+						return
+					}
+					if match {
+						drop(client)
+						return
+					}
+					if _, err := client.Write(append(n[:], rsp...)); err != nil {
 						return
 					}
 				}
@@ -113,16 +134,9 @@ func stallingProxy(t *testing.T, target string) string {
 // wait (the answer may still arrive on it); the flush must go over a new
 // one, since swtpm keeps loaded objects across connections.
 func TestCancelledOperationStillFlushesOnSocket(t *testing.T) {
-	dev, info := tpmtest.Swtpm(t)
+	dev, info, sealed := sealedOnSwtpm(t)
 	ctx := context.Background()
-	if _, err := dev.EnsureSRK(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	sealed, err := dev.Seal(ctx, []byte("secret"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	viaProxy, err := tpmdev.Open("swtpm:"+stallingProxy(t, info.Socket), nil)
+	viaProxy, err := tpmdev.Open("swtpm:"+proxyTPM(t, info.Socket, tpm2.TPMCCUnseal, false, nil), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,4 +149,25 @@ func TestCancelledOperationStillFlushesOnSocket(t *testing.T) {
 		t.Fatalf("Unseal: %v, want the deadline", err)
 	}
 	tpmtest.AssertNoTransientHandles(t, dev)
+}
+
+// sealedOnSwtpm gives a fresh swtpm with an SRK and a secret sealed under it.
+func sealedOnSwtpm(t *testing.T) (*tpmdev.Device, tpmtest.SwtpmInfo, []byte) {
+	t.Helper()
+	dev, info := tpmtest.Swtpm(t)
+	return dev, info, sealOn(t, dev)
+}
+
+// sealOn makes the SRK and seals a secret under it.
+func sealOn(t *testing.T, dev *tpmdev.Device) []byte {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := dev.EnsureSRK(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := dev.Seal(ctx, []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sealed
 }

@@ -35,6 +35,12 @@ type Device struct {
 
 	inputBuffer int // TPM_PT_INPUT_BUFFER, read once; 0 until known
 
+	// sweep says when leftovers in the TPM are flushed (flush.go);
+	// pendingSweep, when not empty, says why the next operation flushes
+	// them first. Both are used only by the operation that owns the TPM.
+	sweep        sweep
+	pendingSweep string
+
 	// sentAt is when the command in flight was sent (Unix nanoseconds),
 	// 0 when none is: Busy reports a TPM or driver that stopped answering.
 	sentAt atomic.Int64
@@ -84,7 +90,31 @@ type connector interface {
 //
 // Socket TPMs must already be powered on and started: Open never sends
 // power-on or TPM2_Startup (swtpm refuses the former).
+//
+// dpsd has every TPM but /dev/tpmrm0 to itself: the first operation
+// flushes the transient objects and sessions left in it (by a killed
+// process, or by tpm2-tools, which leave theirs loaded without a resource
+// manager), and so does any later one when the TPM runs out of room.
 func Open(spec string, log *slog.Logger) (*Device, error) {
+	d, err := open(spec, log)
+	if err != nil {
+		return nil, err
+	}
+	d.sweep = sweepFor(d.path)
+	if d.sweep == sweepAtOpen {
+		d.pendingSweep = "opened a TPM without a resource manager"
+	}
+	return d, nil
+}
+
+// OpenInspect opens the TPM as Open does, for looking at it (dpsd check):
+// the Device never flushes objects or sessions it did not load, so that
+// they can be reported.
+func OpenInspect(spec string, log *slog.Logger) (*Device, error) {
+	return open(spec, log)
+}
+
+func open(spec string, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -127,11 +157,15 @@ func openDeviceFile(path string, log *slog.Logger) (*Device, error) {
 
 // OpenTransport makes a Device of an already open transport (a simulator in
 // tests). name is what Path reports. Close closes t when it is an io.Closer.
+// The caller gives dpsd the TPM as it is: leftovers are flushed when the
+// TPM runs out of room, not at open.
 func OpenTransport(t transport.TPM, name string, log *slog.Logger) *Device {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return newDevice(name, &heldConnector{t: t}, log)
+	d := newDevice(name, &heldConnector{t: t}, log)
+	d.sweep = sweepOnDemand
+	return d
 }
 
 func newDevice(path string, c connector, log *slog.Logger) *Device {
@@ -189,7 +223,9 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	if err != nil {
 		return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, err)
 	}
-	err = f(&countingTPM{d: d, ctx: ctx, t: t})
+	ct := &countingTPM{d: d, ctx: ctx, t: t, held: map[tpm2.TPMHandle]bool{}}
+	ct.sweepPending()
+	err = f(ct)
 	end()
 	if err != nil {
 		d.log.Debug("TPM operation failed", "op", op, "duration", time.Since(start), "err", err)
@@ -204,13 +240,31 @@ type countingTPM struct {
 	d   *Device
 	ctx context.Context
 	t   transport.TPM
+	// held are the transient objects and sessions this operation loaded
+	// and has not flushed yet.
+	held map[tpm2.TPMHandle]bool
 }
 
 // Send implements transport.TPM. A TPM may answer TPM_RC_RETRY, _YIELDED
 // or _TESTING without executing the command; the same bytes are sent again
-// after a short wait, as tpm2-tss does. Nothing else is ever resent: an
-// authorization failure counts toward lockout.
+// after a short wait, as tpm2-tss does. A TPM out of room for an object or
+// session did not execute the command either: once leftovers are flushed
+// it is sent once more. Nothing else is ever resent: an authorization
+// failure counts toward lockout.
 func (c *countingTPM) Send(cmd []byte) ([]byte, error) {
+	rsp, err := c.sendUntilExecuted(cmd)
+	if err != nil || !outOfRoom(rsp) || c.d.sweep == sweepNever {
+		return rsp, err
+	}
+	why := fmt.Sprintf("TPM2_%s: %v", commandName(commandCode(cmd)), responseCode(rsp))
+	if n, ferr := c.flushStale(why); ferr != nil || n == 0 {
+		c.d.log.Warn("the TPM is out of room and nothing could be flushed", "command", commandName(commandCode(cmd)), "err", ferr)
+		return rsp, nil
+	}
+	return c.sendUntilExecuted(cmd)
+}
+
+func (c *countingTPM) sendUntilExecuted(cmd []byte) ([]byte, error) {
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		rsp, err := c.send(cmd)
 		if err != nil || !notExecuted(rsp) {
@@ -234,6 +288,7 @@ func (c *countingTPM) send(cmd []byte) ([]byte, error) {
 	c.d.sentAt.Store(start.UnixNano())
 	rsp, err := c.t.Send(cmd)
 	c.d.sentAt.Store(0)
+	c.track(cmd, rsp, err)
 	elapsed := time.Since(start)
 	c.d.statsMu.Lock()
 	s := c.d.stats.ByCommand[name]
@@ -267,10 +322,7 @@ func commandCode(cmd []byte) tpm2.TPMCC {
 // notExecuted reports whether a response says the TPM did not run the
 // command and it may simply be sent again.
 func notExecuted(rsp []byte) bool {
-	if len(rsp) < 10 {
-		return false
-	}
-	switch tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])) {
+	switch responseCode(rsp) {
 	case tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting:
 		return true
 	}

@@ -24,6 +24,9 @@ var (
 	// ErrKeyInvalidated: a wrapped key or sealed blob no longer loads
 	// because its parent (the SRK) is gone or changed: the TPM was cleared.
 	ErrKeyInvalidated = errors.New("key no longer loads (TPM cleared?)")
+	// ErrTPMFull: the TPM has no room for one more object or session,
+	// and nothing this Device may flush was left (see Transients).
+	ErrTPMFull = errors.New("no room in the TPM for another object or session")
 )
 
 // commandError names the TPM command that failed and, for response codes
@@ -35,6 +38,8 @@ func commandError(cc tpm2.TPMCC, err error) error {
 		return fmt.Errorf("%s: %w: %w", name, ErrLockout, err)
 	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
 		return fmt.Errorf("%s: %w: %w", name, ErrAuthFail, err)
+	case isOutOfRoom(err):
+		return fmt.Errorf("%s: %w: %w", name, ErrTPMFull, err)
 	}
 	return fmt.Errorf("%s: %w", name, err)
 }

@@ -21,6 +21,9 @@ func TestCommandErrorKeepsTheCodeAndAddsTheSentinel(t *testing.T) {
 		{tpm2.TPMRCLockout, ErrLockout},
 		{tpm2.TPMRCHandle + 0x100, nil}, // handle 1
 		{tpm2.TPMRCIntegrity, nil},
+		{tpm2.TPMRCObjectMemory, ErrTPMFull},
+		{tpm2.TPMRCSessionMemory, ErrTPMFull},
+		{tpm2.TPMRCObjectHandles, ErrTPMFull},
 	} {
 		err := commandError(tpm2.TPMCCCreatePrimary, tc.rc)
 		if !strings.HasPrefix(err.Error(), "TPM2_CreatePrimary: ") {
@@ -30,7 +33,7 @@ func TestCommandErrorKeepsTheCodeAndAddsTheSentinel(t *testing.T) {
 		if !errors.As(err, &rc) || rc != tc.rc {
 			t.Errorf("%v: TPM_RC not kept in %v", tc.rc, err)
 		}
-		for _, s := range []error{ErrAuthFail, ErrLockout, ErrKeyInvalidated, ErrNotFound} {
+		for _, s := range []error{ErrAuthFail, ErrLockout, ErrKeyInvalidated, ErrNotFound, ErrTPMFull} {
 			if errors.Is(err, s) != (s == tc.sentinel) {
 				t.Errorf("%v: errors.Is(%v) = %v", tc.rc, s, !(s == tc.sentinel))
 			}

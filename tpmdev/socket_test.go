@@ -69,7 +69,9 @@ func TestSocketFramingRefusesBadReplies(t *testing.T) {
 		{"failure status", framed(19, ok, 1), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev, err := tpmdev.Open("swtpm:"+fakeServer(t, tc.reply), nil)
+			// OpenInspect: no flush of leftovers first, the command
+			// under test is the connection's only one.
+			dev, err := tpmdev.OpenInspect("swtpm:"+fakeServer(t, tc.reply), nil)
 			if err != nil {
 				t.Fatal(err)
 			}

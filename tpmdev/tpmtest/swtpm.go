@@ -210,10 +210,34 @@ func ClearSwtpm(t testing.TB, info SwtpmInfo) {
 	bin := requireTool(t, "tpm2_clear")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-c", "p", "-T", info.tcti())
-	// Only the TCTI given here: no stray TPM2TOOLS_TCTI from the environment.
-	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := tpm2Tool(ctx, bin, "-c", "p", "-T", info.tcti()); err != nil {
 		t.Fatalf("tpm2_clear -c p -T %s: %v: %s", info.tcti(), err, out)
+	}
+}
+
+// tpm2Tool runs a tpm2-tools program and returns its combined output.
+func tpm2Tool(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	// Only the TCTI given in args: no stray TPM2TOOLS_TCTI from the environment.
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
+	return cmd.CombinedOutput()
+}
+
+// LeaveObjects loads n transient objects into the swtpm from outside and
+// leaves them there, as tpm2-tools do without a resource manager
+// (`tpm2_createprimary -C n -G ecc -c FILE` saves the object's context and
+// exits without flushing it), or as a TPM client killed mid-operation
+// does. swtpm has room for three. The Device must not be in an operation.
+func LeaveObjects(t testing.TB, info SwtpmInfo, n int) {
+	t.Helper()
+	bin := requireTool(t, "tpm2_createprimary")
+	dir := t.TempDir()
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := tpm2Tool(ctx, bin, "-C", "n", "-G", "ecc", "-c", filepath.Join(dir, fmt.Sprintf("%d.ctx", i)), "-T", info.tcti())
+		cancel()
+		if err != nil {
+			t.Fatalf("tpm2_createprimary -T %s: %v: %s", info.tcti(), err, out)
+		}
 	}
 }
