@@ -1,7 +1,7 @@
 // Package check is `dpsd check`: named diagnostics, each pass, warn or fail
 // with a one-line fix, over what a technician can repair on the device
-// (config, TPM device and permissions, keys, ownership, lockout, clock,
-// network, state directory). The daemon runs it for GET /v1/check with its
+// (config, TPM device and permissions, objects left loaded in the TPM,
+// keys, ownership, lockout, clock, network, state directory). The daemon runs it for GET /v1/check with its
 // own TPM; the CLI runs it standalone when the daemon is down. Everything
 // it looks at is handed in through Env, so tests can point it at a
 // simulator and loopback servers.
@@ -24,6 +24,7 @@ const (
 	NameConfig          = "config"
 	NameTPMDevice       = "tpm-device"
 	NameResourceManager = "tpm-resource-manager"
+	NameTransients      = "tpm-transients"
 	NameEK              = "ek"
 	NameEKCertificate   = "ek-certificate"
 	NameSRK             = "srk"
@@ -49,6 +50,8 @@ type TPM interface {
 	ReadSRK(ctx context.Context) (tpmdev.SRK, error)
 	EKCertificate(ctx context.Context) ([]byte, error)
 	Ownership(ctx context.Context) (tpmdev.Ownership, error)
+	// Transients lists the transient objects and sessions left loaded.
+	Transients(ctx context.Context) (tpmdev.Transients, error)
 }
 
 // Env is what the checks look at.
@@ -93,6 +96,7 @@ func Run(ctx context.Context, env Env) apitype.CheckReport {
 		r.config,
 		r.tpmDevice,
 		r.resourceManager,
+		r.transients,
 		r.ek,
 		r.ekCertificate,
 		r.srk,

@@ -62,7 +62,7 @@ func expect(t *testing.T, rep apitype.CheckReport, name string, status apitype.C
 
 func TestReportOrderAndNames(t *testing.T) {
 	rep := check.Run(context.Background(), check.Env{Config: offline(t), TPMErr: errors.New("no TPM"), ServiceUser: "root"})
-	want := []string{check.NameConfig, check.NameTPMDevice, check.NameResourceManager, check.NameEK, check.NameEKCertificate,
+	want := []string{check.NameConfig, check.NameTPMDevice, check.NameResourceManager, check.NameTransients, check.NameEK, check.NameEKCertificate,
 		check.NameSRK, check.NameOwnership, check.NameLockout, check.NameIdentityKey, check.NameStateDir, check.NameDPSDNS,
 		check.NameDPSTLS, check.NameClock, check.NameHubTLS}
 	if len(rep.Checks) != len(want) {
@@ -161,17 +161,25 @@ func TestTPMChecksOnSimulator(t *testing.T) {
 type fakeTPM struct {
 	own    tpmdev.Ownership
 	srkErr error
+	tr     tpmdev.Transients
+	path   string // "fake" when empty
 }
 
-func (f fakeTPM) Path() string { return "fake" }
+func (f fakeTPM) Path() string {
+	if f.path == "" {
+		return "fake"
+	}
+	return f.path
+}
 func (f fakeTPM) ReadEK(context.Context) (tpmdev.EK, error) {
 	return tpmdev.EK{Public: make([]byte, 314)}, nil
 }
 func (f fakeTPM) ReadSRK(context.Context) (tpmdev.SRK, error) {
 	return tpmdev.SRK{Name: []byte{0, 11}}, f.srkErr
 }
-func (f fakeTPM) EKCertificate(context.Context) ([]byte, error)       { return nil, nil }
-func (f fakeTPM) Ownership(context.Context) (tpmdev.Ownership, error) { return f.own, nil }
+func (f fakeTPM) EKCertificate(context.Context) ([]byte, error)         { return nil, nil }
+func (f fakeTPM) Ownership(context.Context) (tpmdev.Ownership, error)   { return f.own, nil }
+func (f fakeTPM) Transients(context.Context) (tpmdev.Transients, error) { return f.tr, nil }
 
 func TestOwnershipAndLockout(t *testing.T) {
 	tests := []struct {
@@ -209,6 +217,57 @@ func TestOwnershipAndLockout(t *testing.T) {
 			rep := check.Run(context.Background(), check.Env{Config: cfg, TPM: tt.tpm, ServiceUser: "root"})
 			expect(t, rep, tt.check, tt.status, tt.detail)
 		})
+	}
+}
+
+func TestTransients(t *testing.T) {
+	tests := []struct {
+		name   string
+		device string
+		tr     tpmdev.Transients
+		status apitype.CheckStatus
+		detail string
+	}{
+		{"none", "swtpm:/run/swtpm.sock", tpmdev.Transients{ObjectRoom: 3}, apitype.CheckPass, "room for 3 more objects"},
+		{"some", "/dev/tpm0", tpmdev.Transients{Objects: []uint32{0x80000000}, Sessions: []uint32{0x03000000}, ObjectRoom: 2},
+			apitype.CheckWarn, "1 transient objects and 1 sessions left loaded (0x80000000 0x03000000)"},
+		{"full", "swtpm:/run/swtpm.sock", tpmdev.Transients{Objects: []uint32{0x80000000, 0x80000001, 0x80000002}},
+			apitype.CheckFail, "every command that needs a key fails"},
+		// The kernel's view holds only the caller's own: nothing to count.
+		{"resource manager", "/dev/tpmrm0", tpmdev.Transients{Objects: []uint32{0x80000000}}, apitype.CheckPass, "kernel resource manager"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rep := check.Run(context.Background(), check.Env{Config: offline(t), TPM: fakeTPM{tr: tt.tr, path: tt.device}, ServiceUser: "root"})
+			expect(t, rep, check.NameTransients, tt.status, tt.detail)
+			if c := find(t, rep, check.NameTransients); c.Status != apitype.CheckPass && !strings.Contains(c.Fix, "tpm2_flushcontext") {
+				t.Errorf("fix %q does not say how to flush them", c.Fix)
+			}
+		})
+	}
+}
+
+// The deterministic reproduction of leftovers on a TPM without a resource
+// manager: three objects tpm2-tools left in swtpm fill it. dpsd check looks
+// without flushing, names the cause once and points the symptoms at it.
+func TestTransientsLeftInSwtpm(t *testing.T) {
+	info := tpmtest.StartSwtpm(t, "")
+	tpmtest.LeaveObjects(t, info, 3)
+	dev, err := tpmdev.OpenInspect(info.Spec(), tpmtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	cfg := offline(t)
+	cfg.TPM.Device = info.Spec()
+	rep := check.Run(context.Background(), check.Env{Config: cfg, TPM: dev, ServiceUser: "root"})
+	expect(t, rep, check.NameTransients, apitype.CheckFail, "3 transient objects and 0 sessions left loaded (0x80000000 0x80000001 0x80000002)")
+	// Reading a persistent key needs a free object slot.
+	if c := find(t, rep, check.NameSRK); c.Status != apitype.CheckFail || !strings.Contains(c.Fix, check.NameTransients) {
+		t.Errorf("srk: %s %q, fix %q; want a failure pointing at %s", c.Status, c.Detail, c.Fix, check.NameTransients)
+	}
+	if hs, err := dev.LoadedHandles(context.Background()); err != nil || len(hs) != 3 {
+		t.Errorf("after the check: %#x loaded (%v), want the three left alone", hs, err)
 	}
 }
 

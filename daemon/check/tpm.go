@@ -159,6 +159,51 @@ func (r *run) resourceManager(context.Context) apitype.Check {
 		"use a kernel with /dev/tpmrm0 (4.12 or later)")
 }
 
+// fixLeftovers is the fix of a TPM without a resource manager that
+// objects or sessions left loaded fill up.
+const fixLeftovers = "dpsd flushes them when it starts and whenever the TPM runs out of room (systemctl restart dpsd); " +
+	"by hand: tpm2_flushcontext --transient-object; tpm2_flushcontext --loaded-session; tpm2_flushcontext --saved-session"
+
+// transients counts what is left loaded in the TPM. Without a resource
+// manager nobody flushes what a killed process or tpm2-tools left, and a
+// TPM has room for only a few objects (swtpm: three): when it is full,
+// every command that needs a key fails with TPM_RC_OBJECT_MEMORY.
+func (r *run) transients(ctx context.Context) apitype.Check {
+	if strings.HasPrefix(filepath.Base(r.devicePath()), "tpmrm") {
+		return pass(NameTransients, "the kernel resource manager flushes each program's objects and sessions")
+	}
+	if c, ok := r.needTPM(NameTransients); !ok {
+		return c
+	}
+	tr, err := r.env.TPM.Transients(ctx)
+	if err != nil {
+		return warn(NameTransients, "listing transient objects and sessions: "+err.Error(), "see dmesg | grep -i tpm")
+	}
+	n := len(tr.Objects) + len(tr.Sessions)
+	if n == 0 {
+		return pass(NameTransients, fmt.Sprintf("no objects or sessions left loaded; room for %d more objects", tr.ObjectRoom))
+	}
+	hs := make([]string, 0, n)
+	for _, h := range slices.Concat(tr.Objects, tr.Sessions) {
+		hs = append(hs, fmt.Sprintf("0x%08x", h))
+	}
+	detail := fmt.Sprintf("%d transient objects and %d sessions left loaded (%s); room for %d more objects",
+		len(tr.Objects), len(tr.Sessions), strings.Join(hs, " "), tr.ObjectRoom)
+	if tr.ObjectRoom == 0 {
+		return fail(NameTransients, detail+": every command that needs a key fails", fixLeftovers)
+	}
+	return warn(NameTransients, detail, fixLeftovers)
+}
+
+// tpmFix is fix, unless err says the TPM had no room: then the cause is
+// what the tpm-transients check reports.
+func tpmFix(err error, fix string) string {
+	if errors.Is(err, tpmdev.ErrTPMFull) {
+		return "the TPM is full of objects left loaded: see the " + NameTransients + " check"
+	}
+	return fix
+}
+
 // needTPM is the answer of a TPM check when the TPM is not open: a warning
 // only, since tpm-device already fails for that one cause.
 func (r *run) needTPM(name string) (apitype.Check, bool) {
@@ -183,7 +228,7 @@ func (r *run) ek(ctx context.Context) apitype.Check {
 		return fail(NameEK, err.Error(),
 			"another key holds the EK handle; if nothing needs it, evict it as the owner (tpm2_evictcontrol -C o -c 0x81010001)")
 	case err != nil:
-		return fail(NameEK, "reading the EK: "+err.Error(), "see dmesg | grep -i tpm; journalctl -u dpsd")
+		return fail(NameEK, "reading the EK: "+err.Error(), tpmFix(err, "see dmesg | grep -i tpm; journalctl -u dpsd"))
 	}
 	return pass(NameEK, fmt.Sprintf("RSA-2048 EK at 0x81010001, %d-byte public area", len(ek.Public)))
 }
@@ -235,7 +280,7 @@ func (r *run) srk(ctx context.Context) apitype.Check {
 		return fail(NameSRK, err.Error(),
 			"dpsd never evicts it: evict it as the owner (tpm2_evictcontrol -C o -c 0x81000001) or clear the TPM")
 	case err != nil:
-		return fail(NameSRK, "reading the SRK: "+err.Error(), "see dmesg | grep -i tpm; journalctl -u dpsd")
+		return fail(NameSRK, "reading the SRK: "+err.Error(), tpmFix(err, "see dmesg | grep -i tpm; journalctl -u dpsd"))
 	}
 	return pass(NameSRK, "standard RSA-2048 SRK at 0x81000001, Name "+hex.EncodeToString(srk.Name))
 }
@@ -327,5 +372,5 @@ func (r *run) identityKey(ctx context.Context) apitype.Check {
 		return fail(NameIdentityKey, "the hub credential no longer loads: the TPM was cleared",
 			"dpsd provisions again by itself (reason tpm-cleared); to force it now: sudo dpsd reprovision")
 	}
-	return fail(NameIdentityKey, err.Error(), "see journalctl -u dpsd; if it persists: sudo dpsd reprovision")
+	return fail(NameIdentityKey, err.Error(), tpmFix(err, "see journalctl -u dpsd; if it persists: sudo dpsd reprovision"))
 }

@@ -47,7 +47,8 @@ func (e *env) standaloneCheck(ctx context.Context, socket string) apitype.CheckR
 	} else {
 		env.Config = cfg
 	}
-	dev, err := tpmdev.Open(cfg.TPM.Device, e.quietLog())
+	// Looking only: what others left loaded is reported, not flushed.
+	dev, err := tpmdev.OpenInspect(cfg.TPM.Device, e.quietLog())
 	if err != nil {
 		env.TPMErr = err
 	} else {
