@@ -62,7 +62,8 @@ func (i SwtpmInfo) Stop() {
 
 // StartSwtpm starts swtpm on stateDir (created if needed; empty: a new
 // temporary one) with its command and control channels on unix sockets, and
-// waits until the command socket accepts connections. swtpm runs with
+// waits until the TPM answers a command: by then swtpm has written the
+// TPM's state to stateDir (tpm2-00.permall). swtpm runs with
 // not-need-init,startup-clear, so it is ready for commands without power-on
 // or TPM2_Startup. It is stopped when the test ends. The sockets live in a
 // short temporary directory of their own (unix socket paths are limited to
@@ -78,7 +79,7 @@ func StartSwtpm(t testing.TB, stateDir string) SwtpmInfo {
 		Socket:     filepath.Join(sockDir, "tpm.sock"),
 		CtrlSocket: filepath.Join(sockDir, "tpm.sock.ctrl"),
 	}
-	return startSwtpm(t, stateDir, info, "unix", info.Socket,
+	return startSwtpm(t, stateDir, info,
 		"--server", "type=unixio,path="+info.Socket,
 		"--ctrl", "type=unixio,path="+info.CtrlSocket)
 }
@@ -90,7 +91,7 @@ func StartSwtpmTCP(t testing.TB, stateDir string) SwtpmInfo {
 	t.Helper()
 	port := freePortPair(t)
 	info := SwtpmInfo{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	return startSwtpm(t, stateDir, info, "tcp", info.Addr,
+	return startSwtpm(t, stateDir, info,
 		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1))
 }
@@ -115,7 +116,7 @@ func freePortPair(t testing.TB) int {
 	return 0
 }
 
-func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, network, addr string, channels ...string) SwtpmInfo {
+func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, channels ...string) SwtpmInfo {
 	t.Helper()
 	bin := requireTool(t, "swtpm")
 	if stateDir == "" {
@@ -154,32 +155,48 @@ func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, network, addr str
 		})
 	}
 	t.Cleanup(info.stop)
-	if err := waitForListener(network, addr, exited); err != nil {
+	if err := waitReady(info, exited); err != nil {
 		info.stop()
 		t.Fatalf("swtpm on %s: %v; its output: %s", stateDir, err, out.String())
 	}
 	return info
 }
 
-// waitForListener waits for swtpm to listen; it gives up when swtpm exits
-// or after a minute (a loaded CI machine, not a performance bound).
-func waitForListener(network, addr string, exited <-chan struct{}) error {
+// waitReady waits until swtpm answers a command; it gives up when swtpm
+// exits or after a minute (a loaded CI machine, not a performance bound).
+// swtpm listens before it manufactures the TPM and writes its state
+// (tpm2-00.permall) and answers only after, so a test may read the state
+// directory once this returns.
+func waitReady(info SwtpmInfo, exited <-chan struct{}) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		c, err := net.Dial(network, addr)
+		err := ping(info, deadline)
 		if err == nil {
-			// swtpm serves one client at a time; let go at once.
-			return c.Close()
+			return nil
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("swtpm exited before listening")
+			return fmt.Errorf("swtpm exited before answering")
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no listener on %s: %w", addr, err)
+			return fmt.Errorf("no answer on %s: %w", info.Spec(), err)
 		}
 	}
+}
+
+// ping sends swtpm one command that reads only, and lets go at once:
+// swtpm serves one client at a time.
+func ping(info SwtpmInfo, deadline time.Time) error {
+	dev, err := tpmdev.OpenInspect(info.Spec(), nil)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	_, err = dev.Ownership(ctx)
+	return err
 }
 
 // Swtpm starts a fresh swtpm and opens it as a Device, closed and stopped
