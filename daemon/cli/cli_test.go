@@ -232,9 +232,13 @@ func TestWait(t *testing.T) {
 		t.Errorf("wait while registering: exit %d, %q", code, errOut)
 	}
 
-	// Provisioned while waiting: exit 0.
+	// Provisioned while waiting: exit 0. The status changes once wait
+	// has asked at least once (and seen registering).
+	asked := b.StatusCalls()
 	go func() {
-		time.Sleep(1500 * time.Millisecond)
+		for b.StatusCalls() == asked {
+			time.Sleep(10 * time.Millisecond)
+		}
 		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
 	}()
 	code, out, errOut := run(t, "wait", "--socket", sock)

@@ -28,6 +28,7 @@ type Backend struct {
 	tokenErr    error
 	reprovision int
 	lastTTL     time.Duration
+	statusCalls int
 }
 
 var _ localapi.Backend = (*Backend)(nil)
@@ -90,10 +91,18 @@ func (b *Backend) LastTTL() time.Duration {
 	return b.lastTTL
 }
 
+// StatusCalls is how often Status was called.
+func (b *Backend) StatusCalls() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.statusCalls
+}
+
 // Status implements localapi.Backend.
 func (b *Backend) Status() apitype.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.statusCalls++
 	return b.status
 }
 
