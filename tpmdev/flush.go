@@ -40,7 +40,7 @@ const (
 type sweep int
 
 const (
-	// sweepNever: the TPM is shared, or the Device only looks (dpsd check).
+	// sweepNever: the Device only looks (OpenInspect, for dpsd check).
 	sweepNever sweep = iota
 	// sweepOnDemand: on running out of room and after a lost answer.
 	sweepOnDemand
