@@ -116,6 +116,9 @@ func TestHandler(t *testing.T) {
 		{name: "token ttl huge seconds", peer: rootPeer, method: "POST", target: "/v1/token?ttl=99999999999999999999", wantCode: 400},
 		{name: "token before provisioning", peer: tokenUserPeer, method: "POST", target: "/v1/token",
 			tokenErr: fmt.Errorf("state registering: %w", localapi.ErrNotProvisioned), wantCode: 409, wantInBody: "dpsd wait"},
+		{name: "token before provisioning, as the daemon wraps it", peer: tokenUserPeer, method: "POST", target: "/v1/token",
+			tokenErr: fmt.Errorf("%w: %w", localapi.ErrNotProvisioned, errors.New("the device is not provisioned yet")), wantCode: 409,
+			wantInBody: `"the device is not provisioned yet (state provisioned)"`},
 		{name: "token failing", peer: rootPeer, method: "POST", target: "/v1/token", tokenErr: errors.New("TPM_RC_INTEGRITY"), wantCode: 500},
 		{name: "wrong method", peer: rootPeer, method: "POST", target: "/v1/status", wantCode: 405},
 		{name: "unknown path", peer: rootPeer, method: "GET", target: "/v1/secrets", wantCode: 404},
@@ -357,3 +360,88 @@ func ExampleSocketMode() {
 }
 
 var _ http.Handler = (*localapi.Server)(nil)
+
+// TestAnswersWaitForStart: a daemon that has not settled its start (as one
+// that socket activation started for this very request) answers nothing
+// until it has, then answers what it found; a request whose time runs out
+// first gets 503 with the state, never a wrong answer.
+func TestAnswersWaitForStart(t *testing.T) {
+	tests := []struct {
+		method, target string
+		want           string
+	}{
+		{"GET", "/v1/status", `"state": "provisioned"`},
+		{"GET", "/v1/enroll-info", `"registrationId"`},
+		{"GET", "/v1/check", `"checks"`},
+		{"POST", "/v1/token", "SharedAccessSignature"},
+	}
+	b := localapitest.NewBackend(apitype.Status{State: apitype.StateStarting})
+	settle := b.HoldStart()
+	srv := localapi.New(b, testOptions)
+	request := func(ctx context.Context, method, target string) *httptest.ResponseRecorder {
+		r := httptest.NewRequestWithContext(ctx, method, target, nil)
+		r.Host = apitype.SocketHost
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, srv.RequestAs(r, rootPeer))
+		return w
+	}
+
+	// Out of time before the start settles: 503 naming the state.
+	for _, tt := range tests[1:] {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if w := request(ctx, tt.method, tt.target); w.Code != 503 || !strings.Contains(w.Body.String(), "still starting (state starting)") {
+			t.Errorf("%s with no time left: %d %s", tt.target, w.Code, w.Body)
+		}
+	}
+
+	answers := make(chan string, len(tests))
+	for _, tt := range tests {
+		go func() {
+			w := request(context.Background(), tt.method, tt.target)
+			answers <- fmt.Sprintf("%s %d %s", tt.target, w.Code, w.Body)
+		}()
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("answered before the start settled: %s", a)
+	default:
+	}
+	settle()
+	b.SetStatus(provisionedStatus())
+	for range tests {
+		a := <-answers
+		ok := false
+		for _, tt := range tests {
+			ok = ok || strings.HasPrefix(a, tt.target+" 200 ") && strings.Contains(a, tt.want)
+		}
+		if !ok {
+			t.Errorf("after the start: %s", a)
+		}
+	}
+}
+
+// TestRefusalsRateLimited: a user knocking in a loop gets every 403 but
+// does not fill the journal: one line per uid per window.
+func TestRefusalsRateLimited(t *testing.T) {
+	var logs bytes.Buffer
+	o := testOptions
+	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	srv := localapi.New(localapitest.NewBackend(provisionedStatus()), o)
+	for range 20 {
+		for _, peer := range []localapi.Peer{strangerPeer, tokenUserPeer} {
+			r := httptest.NewRequest("GET", "/v1/status", nil)
+			r.Host = apitype.SocketHost
+			w := httptest.NewRecorder()
+			srv.ServeHTTP(w, srv.RequestAs(r, peer))
+			if w.Code != 403 {
+				t.Fatalf("uid %d: %d, want 403", peer.UID, w.Code)
+			}
+		}
+	}
+	for _, peer := range []localapi.Peer{strangerPeer, tokenUserPeer} {
+		if n := strings.Count(logs.String(), "uid="+strconv.Itoa(peer.UID)+" "); n != 1 {
+			t.Errorf("uid %d: %d refusal lines for 20 refusals, want 1:\n%s", peer.UID, n, &logs)
+		}
+	}
+}
