@@ -232,14 +232,58 @@ func TestWait(t *testing.T) {
 		t.Errorf("wait while registering: exit %d, %q", code, errOut)
 	}
 
-	// Provisioned while waiting: exit 0.
+	// Provisioned while waiting: the daemon pushes the change, exit 0.
+	var out, stderr localapitest.LogBuffer
+	done := make(chan int, 1)
 	go func() {
-		time.Sleep(1500 * time.Millisecond)
-		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+		done <- cli.App{}.Main(context.Background(), []string{"wait", "--socket", sock}, &out, &stderr)
 	}()
-	code, out, errOut := run(t, "wait", "--socket", sock)
-	if code != cli.ExitOK || !strings.Contains(out, "provisioned: device dev-1 on hub.example") {
-		t.Errorf("wait until provisioned: exit %d, %q, %q", code, out, errOut)
+	waitForText(t, &stderr, "state registering")
+	b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+	if code := <-done; code != cli.ExitOK || !strings.Contains(out.String(), "provisioned: device dev-1 on hub.example") {
+		t.Errorf("wait until provisioned: exit %d, %q, %q", code, &out, &stderr)
+	}
+}
+
+// TestStatusWatch: --watch shows the status at once and again at each
+// change until interrupted; with --json, one JSON line each.
+func TestStatusWatch(t *testing.T) {
+	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
+	for _, tt := range []struct {
+		args          []string
+		first, second string
+	}{
+		{[]string{"--json"}, `{"state":"registering"`, `{"state":"provisioned"`},
+		{nil, "Not provisioned yet: registering with DPS", "Provisioned: device dev-1 on hub.example"},
+	} {
+		b.SetStatus(apitype.Status{State: apitype.StateRegistering})
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errOut localapitest.LogBuffer
+		done := make(chan int, 1)
+		go func() {
+			done <- cli.App{}.Main(ctx, append([]string{"status", "--watch", "--socket", sock}, tt.args...), &out, &errOut)
+		}()
+		waitForText(t, &out, tt.first)
+		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+		waitForText(t, &out, tt.second)
+		cancel()
+		if code := <-done; code != cli.ExitOK {
+			t.Errorf("status --watch %v: exit %d after interrupt, %q", tt.args, code, &errOut)
+		}
+	}
+}
+
+// waitForText waits until buf holds text; the deadline only bounds a
+// broken run.
+func waitForText(t *testing.T, buf *localapitest.LogBuffer, text string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(buf.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in %q", text, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

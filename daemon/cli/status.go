@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,12 +20,17 @@ const callTimeout = 30 * time.Second
 func statusCommand() command {
 	return command{
 		name:    "status",
-		args:    "[--json] [--config F] [--socket PATH]",
+		args:    "[--json] [--watch] [--config F] [--socket PATH]",
 		summary: "Show the state, hub, device ID, last error, next attempt and TPM facts.",
+		detail:  "With --watch, shows the status again at each change until interrupted (with --json: one JSON line each).",
 		client:  true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			asJSON := fs.Bool("json", false, "print the status API's JSON")
+			watch := fs.Bool("watch", false, "show each change of the status until interrupted")
 			return func(ctx context.Context) int {
+				if *watch {
+					return e.watchStatus(ctx, *asJSON)
+				}
 				ctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
 				st, err := e.client().Status(ctx)
@@ -39,6 +45,44 @@ func statusCommand() command {
 			}
 		},
 	}
+}
+
+// watchStatus is `dpsd status --watch`: the status at once, then again at
+// each change, until interrupted (exit 0) or the daemon goes away (exit 1).
+// On a terminal each view replaces the last.
+func (e *env) watchStatus(ctx context.Context, asJSON bool) int {
+	redraw := isTerminal(e.stdout)
+	err := e.client().Watch(ctx, func(st apitype.Status) error {
+		if asJSON {
+			b, err := json.Marshal(st)
+			if err != nil {
+				return fmt.Errorf("encoding JSON: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "%s\n", b)
+			return nil
+		}
+		if redraw {
+			fmt.Fprint(e.stdout, "\x1b[H\x1b[2J")
+		} else {
+			fmt.Fprintln(e.stdout, "---")
+		}
+		renderStatus(e.stdout, st, e.now())
+		return nil
+	})
+	if ctx.Err() != nil {
+		return ExitOK
+	}
+	return e.fail("status", err)
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // printJSON writes v as indented JSON, the same bytes for every --json.

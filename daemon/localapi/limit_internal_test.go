@@ -86,3 +86,32 @@ type lineBuffer struct{ strings.Builder }
 func (b *lineBuffer) Lines() []string {
 	return strings.FieldsFunc(b.String(), func(r rune) bool { return r == '\n' })
 }
+
+func TestWatchSlots(t *testing.T) {
+	w := watchSlots{max: 3, maxPerUID: 2}
+	var releases []func()
+	steps := []struct {
+		uid  int
+		want string
+	}{
+		{uid: 1000},
+		{uid: 1000},
+		{uid: 1000, want: "too many open watches from this uid"},
+		{uid: 0}, // root is never capped
+		{uid: 1001},
+		{uid: 1002, want: "too many open watches"},
+	}
+	for i, s := range steps {
+		release, got := w.acquire(s.uid)
+		if got != s.want {
+			t.Errorf("step %d: acquire(%d) = %q, want %q", i, s.uid, got, s.want)
+		}
+		if release != nil {
+			releases = append(releases, release)
+		}
+	}
+	releases[0]()
+	if _, got := w.acquire(1002); got != "" {
+		t.Errorf("after a release: %q", got)
+	}
+}
