@@ -445,3 +445,77 @@ func TestRefusalsRateLimited(t *testing.T) {
 		}
 	}
 }
+
+// TestListenRefusesUnsafeDir: dpsd does not create its socket where
+// another user could swap it for a symlink or take the path.
+func TestListenRefusesUnsafeDir(t *testing.T) {
+	localapitest.RequireRoot(t, "give a directory to another uid")
+	tests := []struct {
+		name  string
+		mode  os.FileMode
+		owner int
+		want  string // in the error; "" means Listen succeeds
+	}{
+		{"private", 0o755, 0, ""},
+		{"sticky and world-writable, like /tmp", 0o777 | os.ModeSticky, 0, ""},
+		{"world-writable", 0o777, 0, "may be written by other users"},
+		{"group-writable", 0o775, 0, "may be written by other users"},
+		{"another user's", 0o755, 2001, "belongs to uid 2001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "run")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(dir, tt.owner, tt.owner); err != nil {
+				t.Fatal(err)
+			}
+			ln, err := localapi.Listen(filepath.Join(dir, "status.sock"), "", 0o660)
+			if err == nil {
+				ln.Close()
+			}
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Listen: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Listen: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestListenDoesNotFollowSwappedSocket: a socket replaced by a symlink
+// between bind and chmod is refused, and the symlink's target keeps its
+// owner and mode.
+func TestListenDoesNotFollowSwappedSocket(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(target, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	localapi.SetAfterBind(t, func(path string) {
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, path); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ln, err := localapi.Listen(filepath.Join(dir, "status.sock"), strconv.Itoa(os.Getegid()), 0o666)
+	if err == nil {
+		ln.Close()
+		t.Error("Listen accepted a socket swapped for a symlink")
+	}
+	fi, statErr := os.Stat(target)
+	if statErr != nil {
+		t.Fatal(statErr)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the symlink's target got mode %04o", fi.Mode().Perm())
+	}
+	t.Logf("Listen: %v", err)
+}
