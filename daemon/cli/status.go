@@ -114,7 +114,11 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 	row("Hub check", hubCheck(st.Hub, now))
 	row("Registration ID", orDash(st.RegistrationID))
 	row("ID scope", orDash(st.IDScope))
-	row("Provisioned at", timeOrDash(st.ProvisionedAt, now))
+	if reregistering(st) {
+		row("Provisioned before", timeOrDash(st.ProvisionedAt, now))
+	} else {
+		row("Provisioned at", timeOrDash(st.ProvisionedAt, now))
+	}
 	row("Attempts", fmt.Sprint(st.Attempts))
 	lastErr := "-"
 	if st.LastError != nil && *st.LastError != "" {
@@ -133,8 +137,24 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 	}
 }
 
+// reregistering reports whether a device that was provisioned is being
+// provisioned again (a TPM clear, a request, a config change, a hub
+// rejection): not the same as a device that never was.
+func reregistering(st apitype.Status) bool {
+	return st.State != apitype.StateProvisioned && st.ProvisionedAt != nil && !st.ProvisionedAt.IsZero()
+}
+
 // headline is the first line: the answer to "does this device work?".
 func headline(st apitype.Status, now time.Time) string {
+	if reregistering(st) {
+		s := "Re-registering"
+		if st.Reason != "" {
+			s += " (" + string(st.Reason) + ")"
+		}
+		s += ": " + progress(st, now)
+		return s + fmt.Sprintf("; provisioned before as device %s on %s, %s",
+			orDash(st.DeviceID), orDash(st.AssignedHub), relative(*st.ProvisionedAt, now))
+	}
 	switch st.State {
 	case apitype.StateProvisioned:
 		s := fmt.Sprintf("Provisioned: device %s on %s", orDash(st.DeviceID), orDash(st.AssignedHub))
@@ -143,13 +163,22 @@ func headline(st apitype.Status, now time.Time) string {
 		}
 		return s
 	case apitype.StateFailed, apitype.StateDisabled:
-		s := "Not provisioned: " + string(st.State)
+		return "Not provisioned: " + progress(st, now)
+	}
+	return "Not provisioned yet: " + progress(st, now)
+}
+
+// progress says where a device that is not provisioned stands.
+func progress(st apitype.Status, now time.Time) string {
+	switch st.State {
+	case apitype.StateFailed, apitype.StateDisabled:
+		s := string(st.State)
 		if st.NextAttemptAt != nil {
 			s += ", next attempt " + relative(*st.NextAttemptAt, now)
 		}
 		return s
 	}
-	return "Not provisioned yet: " + describeState(st.State)
+	return describeState(st.State)
 }
 
 // describeState says what the daemon is busy with, in words.
