@@ -1,15 +1,18 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
@@ -126,4 +129,53 @@ func TestFirstCallAfterSocketActivation(t *testing.T) {
 	for _, v := range verbs {
 		t.Logf("%s as the first call: %d of %d right", v.name, starts-failures[v.name], starts)
 	}
+}
+
+// TestWaitLatency measures how long after the daemon reaches
+// "provisioned" `dpsd wait` returns, over three first boots: the daemon
+// pushes the change (GET /v1/watch), so this is the cost of one status
+// line, not of a poll interval. It reports the figure; speed is not
+// asserted in tests.
+func TestWaitLatency(t *testing.T) {
+	emu := startEmulator(t, t.TempDir(), "")
+	var lat []time.Duration
+	for range 3 {
+		d := newDevice(t, emu, "")
+		d.enroll(nil)
+		d.start()
+		wait := exec.Command(dpsdBin, "wait", "--timeout", "2m", "--socket", d.socket)
+		out, err := wait.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wait.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		returned := time.Now()
+		if err := wait.Wait(); err != nil || !strings.HasPrefix(line, "provisioned:") {
+			t.Fatalf("dpsd wait: %q, %v\n%s", line, err, d.log)
+		}
+		at, ok := logTime(d.log.String(), "state=provisioned")
+		if !ok {
+			t.Fatalf("no provisioned line in the log\n%s", d.log)
+		}
+		lat = append(lat, returned.Sub(at))
+		d.stop()
+	}
+	slices.Sort(lat)
+	t.Logf("dpsd wait returned after the provisioned log line: median %s (each: %v)", lat[1], lat)
+}
+
+// logTime is the time of the daemon's first log line that contains text.
+func logTime(log, text string) (time.Time, bool) {
+	for line := range strings.Lines(log) {
+		if !strings.Contains(line, text) {
+			continue
+		}
+		f, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		t, err := time.Parse(time.RFC3339Nano, f)
+		return t, err == nil
+	}
+	return time.Time{}, false
 }
