@@ -56,6 +56,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 		return fmt.Errorf("opening the status socket: %w", err)
 	}
 
+	be := &backend{cfg: cfg, configPath: configPath, started: make(chan struct{})}
 	engine := provision.New(provision.Options{
 		Config:  cfg,
 		Store:   store,
@@ -63,10 +64,17 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 		DPS:     client,
 		Hub:     &provision.HubOptions{Endpoint: cfg.Hub.EndpointOverride, RootCAs: roots},
 		OnPhase: notify.Status,
-		OnReady: notify.Ready,
-		Log:     log,
+		// READY is also when the daemon's answers become right: the TPM is
+		// open (or found unusable) and the identity loaded or found missing.
+		OnReady: func() {
+			close(be.started)
+			notify.Ready()
+		},
+		OnChange: be.changes.Notify,
+		Log:      log,
 	})
-	srv := localapi.New(&backend{Engine: engine, cfg: cfg, configPath: configPath}, localapi.Options{
+	be.Engine = engine
+	srv := localapi.New(be, localapi.Options{
 		SocketGroup: cfg.Status.Group,
 		TokenAllow:  cfg.Token.Allow,
 		MaxTTL:      cfg.Token.MaxTTL,
@@ -108,9 +116,18 @@ type backend struct {
 	*provision.Engine
 	cfg        *config.Config
 	configPath string
+	// started is closed when the engine is READY (called once).
+	started chan struct{}
+	changes localapi.Signal
 }
 
 var _ localapi.Backend = (*backend)(nil)
+
+// Started is closed once the engine has settled its start.
+func (b *backend) Started() <-chan struct{} { return b.started }
+
+// Changed is closed at the engine's next status change.
+func (b *backend) Changed() <-chan struct{} { return b.changes.C() }
 
 // Reprovision is a technician's request (POST /v1/reprovision).
 func (b *backend) Reprovision(context.Context) error {

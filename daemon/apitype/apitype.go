@@ -13,6 +13,10 @@ import "time"
 // a TCP forwarder is not served.
 const SocketHost = "local-dpsd"
 
+// ServiceUser is the account dpsd.service runs as (User= of the unit).
+// Clients trust a status socket served by it or by root.
+const ServiceUser = "dpsd"
+
 // State is the daemon's provisioning phase.
 type State string
 

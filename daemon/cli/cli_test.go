@@ -69,6 +69,24 @@ var statusFixtures = map[string]apitype.Status{
 		TPM:       apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, Commands: 20},
 		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
+	"reregistering": {
+		State: apitype.StateAssigning, Reason: apitype.ReasonRequested,
+		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
+		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
+		ProvisionedAt: at(-26 * time.Hour), Attempts: 2,
+		TPM:     apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, Commands: 25},
+		Hub:     apitype.HubStatus{CheckedAt: at(-26 * time.Hour), Result: "ok"},
+		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
+	},
+	"reregistration-failed": {
+		State: apitype.StateFailed, Reason: apitype.ReasonTPMCleared,
+		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
+		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
+		ProvisionedAt: at(-3 * time.Hour), Attempts: 3, NextAttemptAt: at(40 * time.Second),
+		LastError: str("registering with DPS (tpm-cleared): requesting the TPM challenge: 503 Service Unavailable"),
+		TPM:       apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "0b0b1c2d", OwnerAuthSet: true, Commands: 60},
+		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
+	},
 	"lockout-hub-rejected": {
 		State: apitype.StateProvisioned, Reason: apitype.ReasonHubRejected,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
@@ -232,18 +250,58 @@ func TestWait(t *testing.T) {
 		t.Errorf("wait while registering: exit %d, %q", code, errOut)
 	}
 
-	// Provisioned while waiting: exit 0. The status changes once wait
-	// has asked at least once (and seen registering).
-	asked := b.StatusCalls()
+	// Provisioned while waiting: the daemon pushes the change, exit 0.
+	var out, stderr localapitest.LogBuffer
+	done := make(chan int, 1)
 	go func() {
-		for b.StatusCalls() == asked {
-			time.Sleep(10 * time.Millisecond)
-		}
-		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+		done <- cli.App{}.Main(context.Background(), []string{"wait", "--socket", sock}, &out, &stderr)
 	}()
-	code, out, errOut := run(t, "wait", "--socket", sock)
-	if code != cli.ExitOK || !strings.Contains(out, "provisioned: device dev-1 on hub.example") {
-		t.Errorf("wait until provisioned: exit %d, %q, %q", code, out, errOut)
+	waitForText(t, &stderr, "state registering")
+	b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+	if code := <-done; code != cli.ExitOK || !strings.Contains(out.String(), "provisioned: device dev-1 on hub.example") {
+		t.Errorf("wait until provisioned: exit %d, %q, %q", code, &out, &stderr)
+	}
+}
+
+// TestStatusWatch: --watch shows the status at once and again at each
+// change until interrupted; with --json, one JSON line each.
+func TestStatusWatch(t *testing.T) {
+	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
+	for _, tt := range []struct {
+		args          []string
+		first, second string
+	}{
+		{[]string{"--json"}, `{"state":"registering"`, `{"state":"provisioned"`},
+		{nil, "Not provisioned yet: registering with DPS", "Provisioned: device dev-1 on hub.example"},
+	} {
+		b.SetStatus(apitype.Status{State: apitype.StateRegistering})
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errOut localapitest.LogBuffer
+		done := make(chan int, 1)
+		go func() {
+			done <- cli.App{}.Main(ctx, append([]string{"status", "--watch", "--socket", sock}, tt.args...), &out, &errOut)
+		}()
+		waitForText(t, &out, tt.first)
+		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+		waitForText(t, &out, tt.second)
+		cancel()
+		if code := <-done; code != cli.ExitOK {
+			t.Errorf("status --watch %v: exit %d after interrupt, %q", tt.args, code, &errOut)
+		}
+	}
+}
+
+// waitForText waits until buf holds text; the deadline only bounds a
+// broken run.
+func waitForText(t *testing.T, buf *localapitest.LogBuffer, text string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(buf.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in %q", text, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

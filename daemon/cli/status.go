@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,12 +20,17 @@ const callTimeout = 30 * time.Second
 func statusCommand() command {
 	return command{
 		name:    "status",
-		args:    "[--json] [--config F] [--socket PATH]",
+		args:    "[--json] [--watch] [--config F] [--socket PATH]",
 		summary: "Show the state, hub, device ID, last error, next attempt and TPM facts.",
+		detail:  "With --watch, shows the status again at each change until interrupted (with --json: one JSON line each).",
 		client:  true,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context) int {
 			asJSON := fs.Bool("json", false, "print the status API's JSON")
+			watch := fs.Bool("watch", false, "show each change of the status until interrupted")
 			return func(ctx context.Context) int {
+				if *watch {
+					return e.watchStatus(ctx, *asJSON)
+				}
 				ctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
 				st, err := e.client().Status(ctx)
@@ -39,6 +45,44 @@ func statusCommand() command {
 			}
 		},
 	}
+}
+
+// watchStatus is `dpsd status --watch`: the status at once, then again at
+// each change, until interrupted (exit 0) or the daemon goes away (exit 1).
+// On a terminal each view replaces the last.
+func (e *env) watchStatus(ctx context.Context, asJSON bool) int {
+	redraw := isTerminal(e.stdout)
+	err := e.client().Watch(ctx, func(st apitype.Status) error {
+		if asJSON {
+			b, err := json.Marshal(st)
+			if err != nil {
+				return fmt.Errorf("encoding JSON: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "%s\n", b)
+			return nil
+		}
+		if redraw {
+			fmt.Fprint(e.stdout, "\x1b[H\x1b[2J")
+		} else {
+			fmt.Fprintln(e.stdout, "---")
+		}
+		renderStatus(e.stdout, st, e.now())
+		return nil
+	})
+	if ctx.Err() != nil {
+		return ExitOK
+	}
+	return e.fail("status", err)
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // printJSON writes v as indented JSON, the same bytes for every --json.
@@ -70,7 +114,11 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 	row("Hub check", hubCheck(st.Hub, now))
 	row("Registration ID", orDash(st.RegistrationID))
 	row("ID scope", orDash(st.IDScope))
-	row("Provisioned at", timeOrDash(st.ProvisionedAt, now))
+	if reregistering(st) {
+		row("Provisioned before", timeOrDash(st.ProvisionedAt, now))
+	} else {
+		row("Provisioned at", timeOrDash(st.ProvisionedAt, now))
+	}
 	row("Attempts", fmt.Sprint(st.Attempts))
 	lastErr := "-"
 	if st.LastError != nil && *st.LastError != "" {
@@ -89,8 +137,24 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 	}
 }
 
+// reregistering reports whether a device that was provisioned is being
+// provisioned again (a TPM clear, a request, a config change, a hub
+// rejection): not the same as a device that never was.
+func reregistering(st apitype.Status) bool {
+	return st.State != apitype.StateProvisioned && st.ProvisionedAt != nil && !st.ProvisionedAt.IsZero()
+}
+
 // headline is the first line: the answer to "does this device work?".
 func headline(st apitype.Status, now time.Time) string {
+	if reregistering(st) {
+		s := "Re-registering"
+		if st.Reason != "" {
+			s += " (" + string(st.Reason) + ")"
+		}
+		s += ": " + progress(st, now)
+		return s + fmt.Sprintf("; provisioned before as device %s on %s, %s",
+			orDash(st.DeviceID), orDash(st.AssignedHub), relative(*st.ProvisionedAt, now))
+	}
 	switch st.State {
 	case apitype.StateProvisioned:
 		s := fmt.Sprintf("Provisioned: device %s on %s", orDash(st.DeviceID), orDash(st.AssignedHub))
@@ -99,13 +163,22 @@ func headline(st apitype.Status, now time.Time) string {
 		}
 		return s
 	case apitype.StateFailed, apitype.StateDisabled:
-		s := "Not provisioned: " + string(st.State)
+		return "Not provisioned: " + progress(st, now)
+	}
+	return "Not provisioned yet: " + progress(st, now)
+}
+
+// progress says where a device that is not provisioned stands.
+func progress(st apitype.Status, now time.Time) string {
+	switch st.State {
+	case apitype.StateFailed, apitype.StateDisabled:
+		s := string(st.State)
 		if st.NextAttemptAt != nil {
 			s += ", next attempt " + relative(*st.NextAttemptAt, now)
 		}
 		return s
 	}
-	return "Not provisioned yet: " + describeState(st.State)
+	return describeState(st.State)
 }
 
 // describeState says what the daemon is busy with, in words.

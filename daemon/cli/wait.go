@@ -11,10 +11,11 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/client"
 )
 
-// waitPoll is how often wait asks the daemon: often enough that units
-// ordered after provisioning start promptly, and cheap, since a status
-// answer costs the daemon no TPM command and no I/O.
-const waitPoll = 250 * time.Millisecond
+// waitRetry is how soon wait watches again after the daemon went away or
+// could not be reached: systemd restarts it, or socket activation starts
+// it at the next connection. Changes themselves are pushed by the daemon
+// (GET /v1/watch), not polled.
+const waitRetry = 250 * time.Millisecond
 
 func waitCommand() command {
 	return command{
@@ -42,34 +43,43 @@ func waitCommand() command {
 	}
 }
 
-// wait polls the status until provisioned, telling stderr about each change
-// of state so that a unit's journal shows what it waited for.
+// errProvisioned ends a watch that saw the device provisioned.
+var errProvisioned = errors.New("provisioned")
+
+// wait watches the status until provisioned, telling stderr about each
+// change of state so that a unit's journal shows what it waited for.
 func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration) int {
 	var last string
-	for {
-		st, err := c.Status(ctx)
-		var seen string
-		switch {
-		case err == nil && st.State == apitype.StateProvisioned:
-			fmt.Fprintf(e.stdout, "provisioned: device %s on %s\n", orDash(st.DeviceID), orDash(st.AssignedHub))
-			return ExitOK
-		case err == nil:
-			seen = "state " + string(st.State)
-			if st.LastError != nil && *st.LastError != "" {
-				seen += ": " + *st.LastError
-			}
-		case ctx.Err() != nil:
-			// The deadline cut the request itself short; reported below.
-		case refused(err):
-			return e.fail("wait", err)
-		default:
-			// Not running, restarting, or gone mid-answer: the daemon will
-			// be back (systemd restarts it); keep waiting.
-			seen = err.Error()
-		}
+	report := func(seen string) {
 		if seen != "" && seen != last {
 			fmt.Fprintf(e.stderr, "dpsd wait: %s\n", seen)
 			last = seen
+		}
+	}
+	for {
+		err := c.Watch(ctx, func(st apitype.Status) error {
+			if st.State == apitype.StateProvisioned {
+				fmt.Fprintf(e.stdout, "provisioned: device %s on %s\n", orDash(st.DeviceID), orDash(st.AssignedHub))
+				return errProvisioned
+			}
+			seen := "state " + string(st.State)
+			if st.LastError != nil && *st.LastError != "" {
+				seen += ": " + *st.LastError
+			}
+			report(seen)
+			return nil
+		})
+		switch {
+		case errors.Is(err, errProvisioned):
+			return ExitOK
+		case ctx.Err() != nil:
+			// The deadline cut the watch short; reported below.
+		case refused(err):
+			return e.fail("wait", err)
+		case !errors.Is(err, client.ErrWatchEnded):
+			// Not running, restarting, or gone mid-answer: the daemon will
+			// be back (systemd restarts it); keep waiting.
+			report(err.Error())
 		}
 		select {
 		case <-ctx.Done():
@@ -79,7 +89,7 @@ func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration)
 				fmt.Fprintln(e.stderr, "dpsd wait: interrupted")
 			}
 			return ExitFailure
-		case <-time.After(waitPoll):
+		case <-time.After(waitRetry):
 		}
 	}
 }

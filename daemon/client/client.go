@@ -4,6 +4,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,6 +15,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -29,6 +33,9 @@ var (
 	ErrPermission = errors.New("permission denied")
 	// ErrNotProvisioned: the daemon has no hub identity yet.
 	ErrNotProvisioned = errors.New("not provisioned")
+	// ErrImpostor: the process serving the socket is not dpsd's: neither
+	// root nor the service user (nor the caller itself) runs it.
+	ErrImpostor = errors.New("the status socket is not served by dpsd")
 )
 
 // maxResponseBytes bounds what the client reads; the largest honest answer
@@ -48,7 +55,15 @@ func New(path, group string) *Client {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", path)
+			conn, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkServer(conn); err != nil {
+				_ = conn.Close()
+				return nil, err
+			}
+			return conn, nil
 		},
 		DisableCompression: true,
 		MaxIdleConns:       1,
@@ -126,30 +141,51 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// do sends one request and decodes a 2xx answer into out.
-func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+apitype.SocketHost+path, nil)
+// ErrWatchEnded is what Watch returns when the daemon ends the stream
+// (it stopped or restarted); a caller that still wants changes watches
+// again.
+var ErrWatchEnded = errors.New("dpsd ended the watch")
+
+// Watch is GET /v1/watch: it calls fn with the current status, then with
+// each change, until fn returns an error (returned as is), ctx ends, or the
+// daemon ends the stream (ErrWatchEnded).
+func (c *Client) Watch(ctx context.Context, fn func(apitype.Status) error) error {
+	const method, path = http.MethodGet, "/v1/watch"
+	resp, err := c.send(ctx, method, path)
 	if err != nil {
-		return fmt.Errorf("building the request %s %s: %w", method, path, err)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return c.connectError(err)
+		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	lines := bufio.NewScanner(resp.Body)
+	lines.Buffer(make([]byte, 0, 4<<10), maxResponseBytes)
+	for lines.Scan() {
+		var st apitype.Status
+		if err := json.Unmarshal(lines.Bytes(), &st); err != nil {
+			return fmt.Errorf("decoding a line of %s %s: %w", method, path, err)
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := lines.Err(); err != nil {
+		return fmt.Errorf("%w: reading %s from %s: %w", ErrWatchEnded, path, c.socket, err)
+	}
+	return ErrWatchEnded
+}
+
+// do sends one request and decodes a 2xx answer into out.
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	resp, err := c.send(ctx, method, path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := readBounded(resp.Body)
 	if err != nil {
 		return fmt.Errorf("reading the answer to %s %s from %s: %w", method, path, c.socket, err)
-	}
-	if len(body) > maxResponseBytes {
-		return fmt.Errorf("the answer to %s %s is over %d bytes", method, path, maxResponseBytes)
-	}
-	if resp.StatusCode/100 != 2 {
-		apiErr := &APIError{StatusCode: resp.StatusCode}
-		if json.Unmarshal(body, &apiErr.Body) != nil || apiErr.Body.Error == "" {
-			apiErr.Body.Error = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(body))
-		}
-		return apiErr
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("decoding the answer to %s %s: %w", method, path, err)
@@ -157,9 +193,87 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return nil
 }
 
+// send sends one request and returns a 2xx response, whose body the
+// caller closes; any other answer becomes an *APIError.
+func (c *Client) send(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+apitype.SocketHost+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("building the request %s %s: %w", method, path, err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.connectError(err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	body, err := readBounded(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer to %s %s from %s: %w", method, path, c.socket, err)
+	}
+	apiErr := &APIError{StatusCode: resp.StatusCode}
+	if json.Unmarshal(body, &apiErr.Body) != nil || apiErr.Body.Error == "" {
+		apiErr.Body.Error = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(body))
+	}
+	return nil, apiErr
+}
+
+// readBounded reads a whole answer of at most maxResponseBytes.
+func readBounded(r io.Reader) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r, maxResponseBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxResponseBytes {
+		return nil, fmt.Errorf("the answer is over %d bytes", maxResponseBytes)
+	}
+	return body, nil
+}
+
+// checkServer refuses a socket served by anyone but root, the service
+// user or the caller itself: a user who took the socket path (bound it
+// before dpsd, say) must not feed made-up answers to root's commands.
+// The kernel recorded the server's credentials when it listened.
+func checkServer(conn net.Conn) error {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("%w: %T is not a Unix socket", ErrImpostor, conn)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("reading the server's credentials: %w", err)
+	}
+	var cred *syscall.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return fmt.Errorf("reading the server's credentials: %w", err)
+	}
+	if credErr != nil {
+		return fmt.Errorf("reading the server's credentials (SO_PEERCRED): %w", credErr)
+	}
+	uid := int(cred.Uid)
+	if uid == 0 || uid == os.Geteuid() {
+		return nil
+	}
+	if u, err := user.Lookup(apitype.ServiceUser); err == nil && u.Uid == strconv.Itoa(uid) {
+		return nil
+	}
+	return fmt.Errorf("%w: it is served by uid %d (pid %d), not by root or the %s user; another user may have taken the socket path: "+
+		"remove it and restart dpsd (systemctl restart dpsd.socket dpsd)", ErrImpostor, uid, cred.Pid, apitype.ServiceUser)
+}
+
 // connectError turns a failed exchange into advice.
 func (c *Client) connectError(err error) error {
 	switch {
+	case errors.Is(err, ErrImpostor):
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the request's URL names no socket: the message does
+		}
+		return fmt.Errorf("refusing %s: %w", c.socket, err)
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
 		fix := "run as root"
 		if c.group != "" {

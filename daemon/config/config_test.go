@@ -354,3 +354,42 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 }
+
+// TestLoadRefusesWorldWritable: a config file, drop-in or drop-in
+// directory that every user may write is refused with the file and the
+// fix: whoever writes the config decides what dpsd does.
+func TestLoadRefusesWorldWritable(t *testing.T) {
+	tests := []struct {
+		name   string
+		chmod  string // relative to the config's directory
+		mode   os.FileMode
+		wantOK bool
+	}{
+		{"main file", "config.toml", 0o666, false},
+		{"drop-in", DropInDir + "/50-x.toml", 0o646, false},
+		{"drop-in directory", DropInDir, 0o777, false},
+		{"sticky drop-in directory", DropInDir, 0o777 | os.ModeSticky, false},
+		{"group-writable drop-in", DropInDir + "/50-x.toml", 0o664, true},
+		{"private files", "config.toml", 0o600, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			main := filepath.Join(dir, "config.toml")
+			writeFile(t, main, "[provisioning]\nid_scope = \"0ne00000A0A\"\n")
+			writeFile(t, filepath.Join(dir, DropInDir, "50-x.toml"), "[tpm]\nownership = \"take\"\n")
+			target := filepath.Join(dir, tt.chmod)
+			if err := os.Chmod(target, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(main)
+			switch {
+			case tt.wantOK && err != nil:
+				t.Errorf("Load: %v", err)
+			case !tt.wantOK && (err == nil || !strings.Contains(err.Error(), target+": may be written by every user") ||
+				!strings.Contains(err.Error(), "chmod o-w "+target)):
+				t.Errorf("Load = %v, want a refusal naming %s and the fix", err, target)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -67,7 +68,7 @@ func Load(path string) (*Config, error) {
 // readSources reads the main file (if present) and the drop-ins.
 func readSources(path string) ([]source, error) {
 	var sources []source
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	mainMissing := errors.Is(err, fs.ErrNotExist)
 	switch {
 	case err == nil:
@@ -81,12 +82,17 @@ func readSources(path string) ([]source, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading config drop-ins: %w", err)
 	}
+	if err == nil {
+		if err := refuseWorldWritable(dir); err != nil {
+			return nil, err
+		}
+	}
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".toml") || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		name := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(name)
+		data, err := readFile(name)
 		if err != nil {
 			return nil, fmt.Errorf("reading config drop-in: %w", err)
 		}
@@ -98,6 +104,43 @@ func readSources(path string) ([]source, error) {
 			"reinstall the dpsd package or pass --config: %w", path, dir, fs.ErrNotExist)
 	}
 	return sources, nil
+}
+
+// readFile reads a config file, refusing one that every user may write:
+// whoever can change the config decides what dpsd (maybe root) does
+// with the TPM and whom it gives tokens.
+func readFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return nil, worldWritable(name, fi.Mode())
+	}
+	return io.ReadAll(f)
+}
+
+// refuseWorldWritable refuses a drop-in directory every user may add
+// files to (the sticky bit does not help: a new file needs no one's
+// permission).
+func refuseWorldWritable(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("reading config drop-ins: %w", err)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return worldWritable(dir, fi.Mode())
+	}
+	return nil
+}
+
+func worldWritable(name string, mode fs.FileMode) error {
+	return &Error{File: name, Msg: fmt.Sprintf("may be written by every user (mode %04o), so anyone could change what dpsd does: chmod o-w %s", mode.Perm(), name)}
 }
 
 // origin is where a key was last set, kept for errors found after merging.

@@ -302,7 +302,13 @@ func (d *device) start(args ...string) {
 	if d.bin != "" {
 		bin = d.bin
 	}
-	d.cmd = exec.Command(bin, append([]string{"run", "--config", d.cfgPath}, args...)...)
+	d.startCmd(exec.Command(bin, append([]string{"run", "--config", d.cfgPath}, args...)...))
+}
+
+// startCmd runs cmd as the device's daemon process.
+func (d *device) startCmd(cmd *exec.Cmd) {
+	d.t.Helper()
+	d.cmd = cmd
 	d.cmd.Env = append(os.Environ(), d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -20,3 +20,10 @@ func (s *Server) SetLimits(maxConns, perUID int, headerTimeout time.Duration) {
 
 // MaxBodyBytes is the request body limit.
 const MaxBodyBytes = maxBodyBytes
+
+// SetAfterBind runs f between bind and the socket's chown/chmod in Listen
+// until the test ends.
+func SetAfterBind(t interface{ Cleanup(func()) }, f func(path string)) {
+	afterBind = f
+	t.Cleanup(func() { afterBind = nil })
+}

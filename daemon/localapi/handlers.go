@@ -47,6 +47,7 @@ var routes = map[string]route{
 	"/v1/check":       {http.MethodGet, permRead, (*Server).serveCheck},
 	"/v1/reprovision": {http.MethodPost, permAdmin, (*Server).serveReprovision},
 	"/v1/token":       {http.MethodPost, permToken, (*Server).serveToken},
+	"/v1/watch":       {http.MethodGet, permRead, (*Server).serveWatch},
 }
 
 // ServeHTTP guards, routes and authorizes every request. The peer and its
@@ -130,21 +131,59 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ci connInfo, cod
 	if ci.peer.Err != nil {
 		args = append(args, "err", ci.peer.Err)
 	}
-	s.log.Warn("refused request", args...)
-	if code == http.StatusRequestEntityTooLarge {
-		// The unread body must not be drained into the connection's reuse.
+	s.refusals.warn(ci.peer.UID, "refused request", args...)
+	if code == http.StatusRequestEntityTooLarge || ci.perms == (Perms{}) {
+		// The unread body must not be drained into the connection's reuse;
+		// a peer that may do nothing gets its slot back at once.
 		w.Header().Set("Connection", "close")
 	}
 	writeJSON(w, code, body)
 }
 
-func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.backend.Status())
+// serveStatus answers once the daemon has left "starting", so that the
+// first call (the one that started a socket-activated daemon) gets the
+// state the daemon found rather than "starting"; if that takes longer than
+// backendTimeout, "starting" is the truth and is answered.
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), backendTimeout)
+	defer cancel()
+	for {
+		changed := s.backend.Changed()
+		st := s.backend.Status()
+		if st.State != apitype.StateStarting {
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			writeJSON(w, http.StatusOK, st)
+			return
+		}
+	}
+}
+
+// awaitStart waits until the backend has settled its start (see
+// Backend.Started). When ctx ends first it answers 503 and returns false.
+func (s *Server) awaitStart(ctx context.Context, w http.ResponseWriter) bool {
+	select {
+	case <-s.backend.Started():
+		return true
+	case <-ctx.Done():
+	}
+	writeJSON(w, http.StatusServiceUnavailable, apitype.Error{
+		Error: fmt.Sprintf("dpsd is still starting (state %s)", s.backend.Status().State),
+		Fix:   "retry in a moment; dpsd status says what it waits for",
+	})
+	return false
 }
 
 func (s *Server) serveEnrollInfo(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), backendTimeout)
 	defer cancel()
+	if !s.awaitStart(ctx, w) {
+		return
+	}
 	info, err := s.backend.EnrollInfo(ctx)
 	if err != nil {
 		s.log.Warn("enroll-info failed", "err", err)
@@ -170,6 +209,9 @@ func (s *Server) serveCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
 	defer cancel()
+	if !s.awaitStart(ctx, w) {
+		return
+	}
 	writeJSON(w, http.StatusOK, s.backend.Check(ctx))
 }
 
@@ -198,11 +240,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), backendTimeout)
 	defer cancel()
+	if !s.awaitStart(ctx, w) {
+		return
+	}
 	tok, err := s.backend.Token(ctx, ttl)
 	switch {
 	case errors.Is(err, ErrNotProvisioned):
 		writeJSON(w, http.StatusConflict, apitype.Error{
-			Error: err.Error(),
+			Error: fmt.Sprintf("%s (state %s)", ErrNotProvisioned, s.backend.Status().State),
 			Fix:   "wait until it is (dpsd wait), then ask again",
 		})
 		return

@@ -3,6 +3,7 @@ package localapi_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,6 +48,16 @@ func runHelper(mode string) int {
 		return slowloris(path, n)
 	case "activated":
 		return serveActivated()
+	case "impostor":
+		return serveImpostor(path)
+	case "status":
+		st, err := client.New(path, "dpsd").Status(context.Background())
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		fmt.Println("status of", st.DeviceID)
+		return 0
 	case "token":
 		tok, err := client.New(path, "dpsd").Token(context.Background(), 0)
 		if err != nil {
@@ -70,17 +81,37 @@ func serveActivated() int {
 		fmt.Println("listen:", err)
 		return 1
 	}
+	fmt.Println("ready", ln.Addr())
+	return serveUntilStdinCloses(ln, provisionedStatus())
+}
+
+// serveUntilStdinCloses serves st on ln until the test closes the helper's
+// stdin.
+func serveUntilStdinCloses(ln net.Listener, st apitype.Status) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		cancel()
 	}()
-	fmt.Println("ready", ln.Addr())
-	if err := localapi.New(localapitest.NewBackend(provisionedStatus()), localapi.Options{}).Serve(ctx, ln); err != nil {
+	if err := localapi.New(localapitest.NewBackend(st), localapi.Options{}).Serve(ctx, ln); err != nil {
 		fmt.Println("serve:", err)
 		return 1
 	}
 	return 0
+}
+
+// serveImpostor plays a local user who bound the socket path before dpsd
+// and answers with a made-up status. It serves until stdin closes.
+func serveImpostor(path string) int {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	fake := provisionedStatus()
+	fake.DeviceID = "made-up"
+	fmt.Println("ready")
+	return serveUntilStdinCloses(ln, fake)
 }
 
 // slowloris opens n connections, sends each an unfinished request header
@@ -239,6 +270,72 @@ func TestSocketActivation(t *testing.T) {
 	cmd.Env = append(os.Environ(), helperEnv+"=activated", "LISTEN_FDS=1")
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Stderr = os.Stderr
+	stdin, lines := startServer(t, cmd)
+	// The child holds the socket now, as a service holds systemd's.
+	f.Close()
+	ul.Close()
+	if !lines.Scan() || lines.Text() != "ready "+path {
+		t.Fatalf("activated helper: %q", lines.Text())
+	}
+	st, err := client.New(path, "dpsd").Status(context.Background())
+	if err != nil || st.DeviceID != "dev-1" {
+		t.Errorf("status through the activated socket: %+v, %v", st, err)
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("activated helper: %v", err)
+	}
+}
+
+// TestImpostorSocket: a socket served by a user who is neither root nor the
+// service user is refused by the client with what to do, before any of its
+// answers is believed.
+func TestImpostorSocket(t *testing.T) {
+	localapitest.RequireRoot(t, "serve the socket as another uid")
+	exe := localapitest.ExecutableForAll(t)
+	const impostorUID = 2001
+	// t.TempDir's parent is private to root; the helper must get in.
+	dir, err := os.MkdirTemp("", "dpsd-impostor-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sockDir := filepath.Join(dir, "run")
+	if err := os.Mkdir(sockDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sockDir, impostorUID, impostorUID); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(sockDir, "status.sock")
+	cmd := helper(exe, impostorUID, "impostor", path, 0)
+	stdin, lines := startServer(t, cmd)
+	defer func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}()
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("impostor helper: %q", lines.Text())
+	}
+	st, err := client.New(path, "dpsd").Status(context.Background())
+	switch {
+	case err == nil:
+		t.Fatalf("the client believed a socket served by uid %d: device %q", impostorUID, st.DeviceID)
+	case !errors.Is(err, client.ErrImpostor):
+		t.Fatalf("error %v does not wrap ErrImpostor", err)
+	case !strings.Contains(err.Error(), "uid "+strconv.Itoa(impostorUID)) || !strings.Contains(err.Error(), "restart dpsd"):
+		t.Errorf("error %q does not name the uid and the fix", err)
+	}
+	t.Logf("dpsd status against an impostor: %v", err)
+}
+
+// startServer starts a helper that serves until its stdin closes, and
+// returns that stdin and the helper's output lines.
+func startServer(t *testing.T, cmd *exec.Cmd) (io.WriteCloser, *bufio.Scanner) {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -250,19 +347,51 @@ func TestSocketActivation(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// The child holds the socket now, as a service holds systemd's.
-	f.Close()
-	ul.Close()
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready "+path {
-		t.Fatalf("activated helper: %q", lines.Text())
+	return stdin, bufio.NewScanner(out)
+}
+
+// TestStrangersDoNotTakeSlots: users with no permission at all, however
+// many and however many connections they hold, take no slot that a reader
+// or a token user needs: they are authorized before they are counted.
+func TestStrangersDoNotTakeSlots(t *testing.T) {
+	localapitest.RequireRoot(t, "run clients under other uids")
+	exe := localapitest.ExecutableForAll(t)
+	srv := localapi.New(localapitest.NewBackend(provisionedStatus()),
+		localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})
+	srv.SetLimits(64, perUIDCap, 5*time.Second)
+	path := localapitest.Serve(t, srv, 0o666, "")
+
+	// 8 uids without permission, each up to its cap: 64 connections, all
+	// the slots there are when strangers count like everyone else.
+	var slow []*exec.Cmd
+	for i := range 8 {
+		cmd := helper(exe, 3001+i, "slowloris", path, perUIDCap)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		slow = append(slow, cmd)
+		if lines := bufio.NewScanner(out); !lines.Scan() || lines.Text() != "ready" {
+			t.Fatalf("slowloris helper %d: %q", i, lines.Text())
+		}
 	}
-	st, err := client.New(path, "dpsd").Status(context.Background())
-	if err != nil || st.DeviceID != "dev-1" {
-		t.Errorf("status through the activated socket: %+v, %v", st, err)
+	t.Cleanup(func() {
+		for _, cmd := range slow {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+
+	tok := helper(exe, daemonUID, "token", path, 0)
+	if got, err := tok.Output(); err != nil || !strings.Contains(string(got), "token for dev-1") {
+		t.Errorf("token user while strangers hold connections: %q, %v", got, err)
 	}
-	stdin.Close()
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("activated helper: %v", err)
+	reader := helper(exe, 3100, "status", path, 0)
+	reader.SysProcAttr.Credential.Gid = 0 // the socket group of this policy
+	if got, err := reader.Output(); err != nil || !strings.Contains(string(got), "status of dev-1") {
+		t.Errorf("reader while strangers hold connections: %q, %v", got, err)
 	}
 }

@@ -1,7 +1,6 @@
 package localapi
 
 import (
-	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -11,25 +10,32 @@ import (
 // limitListener caps open connections, overall and per uid, so that one
 // local user holding connections open (slowloris) cannot take the socket
 // from everyone else. It never blocks in Accept: a connection over a cap is
-// answered 503 and closed at once. Root is exempt from both caps and does
+// answered 503 and closed at once. Root is exempt from every cap and does
 // not count toward them; it is the one who must be able to get in to repair
 // things.
+//
+// A peer is authorized before it is counted: one with no permission at all
+// (it will only ever get 403s) takes a slot from a small pool of its own,
+// never one that a reader or a token user needs.
 type limitListener struct {
 	net.Listener
-	maxConns, maxPerUID int
-	log                 *slog.Logger
+	policy                            Policy
+	maxConns, maxPerUID, maxStrangers int
+	log                               *refusalLog
 
-	mu     sync.Mutex
-	total  int
-	perUID map[int]int
+	mu        sync.Mutex
+	total     int
+	perUID    map[int]int
+	strangers int
 }
 
-func newLimitListener(ln net.Listener, maxConns, maxPerUID int, log *slog.Logger) *limitListener {
-	return &limitListener{Listener: ln, maxConns: maxConns, maxPerUID: maxPerUID, log: log, perUID: map[int]int{}}
+func newLimitListener(ln net.Listener, policy Policy, maxConns, maxPerUID, maxStrangers int, log *refusalLog) *limitListener {
+	return &limitListener{Listener: ln, policy: policy, maxConns: maxConns, maxPerUID: maxPerUID,
+		maxStrangers: maxStrangers, log: log, perUID: map[int]int{}}
 }
 
 // Accept returns the next connection within the caps, with its peer
-// credentials already read.
+// credentials read and its permissions decided.
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
@@ -37,28 +43,36 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		peer := ReadPeer(c)
-		if reason := l.acquire(peer.UID); reason != "" {
-			l.log.Warn("refused connection", "uid", peer.UID, "pid", peer.PID, "reason", reason)
+		perms := l.policy.Authorize(peer)
+		permitted := perms != (Perms{})
+		if reason := l.acquire(peer.UID, permitted); reason != "" {
+			l.log.warn(peer.UID, "refused connection", "uid", peer.UID, "pid", peer.PID, "reason", reason)
 			refuseConn(c, reason)
 			continue
 		}
-		pc := &peerConn{Conn: c, peer: peer}
-		pc.release = func() { l.release(peer.UID) }
+		pc := &peerConn{Conn: c, peer: peer, perms: perms}
+		pc.release = func() { l.release(peer.UID, permitted) }
 		return pc, nil
 	}
 }
 
-// acquire takes a slot for uid, or says why there is none.
-func (l *limitListener) acquire(uid int) string {
+// acquire takes a slot for uid, or says why there is none. permitted is
+// whether the peer has any permission at all.
+func (l *limitListener) acquire(uid int, permitted bool) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if uid == 0 {
+	switch {
+	case uid == 0 && permitted:
 		return ""
-	}
-	if l.total >= l.maxConns {
+	case !permitted:
+		if l.strangers >= l.maxStrangers {
+			return "too many open connections from users without permission"
+		}
+		l.strangers++
+		return ""
+	case l.total >= l.maxConns:
 		return "too many open connections"
-	}
-	if l.perUID[uid] >= l.maxPerUID {
+	case l.perUID[uid] >= l.maxPerUID:
 		return "too many open connections from this uid"
 	}
 	l.total++
@@ -66,15 +80,18 @@ func (l *limitListener) acquire(uid int) string {
 	return ""
 }
 
-func (l *limitListener) release(uid int) {
-	if uid == 0 {
-		return
-	}
+func (l *limitListener) release(uid int, permitted bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.total--
-	if l.perUID[uid]--; l.perUID[uid] <= 0 {
-		delete(l.perUID, uid)
+	switch {
+	case uid == 0 && permitted:
+	case !permitted:
+		l.strangers--
+	default:
+		l.total--
+		if l.perUID[uid]--; l.perUID[uid] <= 0 {
+			delete(l.perUID, uid)
+		}
 	}
 }
 
@@ -88,11 +105,12 @@ func refuseConn(c net.Conn, reason string) {
 	_ = c.Close()
 }
 
-// peerConn is an accepted connection with the credentials read at accept
-// time; closing it gives its slot back.
+// peerConn is an accepted connection with the credentials read and the
+// permissions decided at accept time; closing it gives its slot back.
 type peerConn struct {
 	net.Conn
 	peer    Peer
+	perms   Perms
 	once    sync.Once
 	release func()
 }

@@ -7,10 +7,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
 
 // ErrSocketInUse is returned by Listen when something already answers on
@@ -63,8 +66,12 @@ func listenPath(path, group string, mode os.FileMode) (net.Listener, error) {
 		}
 		gid = id
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating the socket directory: %w", err)
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
@@ -73,17 +80,86 @@ func listenPath(path, group string, mode os.FileMode) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
+	if afterBind != nil {
+		afterBind(path)
+	}
 	// Until chmod the socket has the umask's mode; a caller who connects in
 	// that instant is still authorized by its credentials, like any other.
-	if err := os.Chown(path, -1, gid); err != nil {
+	if err := setSocketAccess(path, gid, mode); err != nil {
 		_ = ln.Close()
-		return nil, fmt.Errorf("giving %s to group %s: %w", path, group, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		_ = ln.Close()
-		return nil, fmt.Errorf("setting the mode of %s: %w", path, err)
+		return nil, err
 	}
 	return ln, nil
+}
+
+// afterBind, when set (by tests), runs between bind and setting the
+// socket's group and mode: where an attacker would swap the path.
+var afterBind func(path string)
+
+// checkSocketDir refuses a directory in which another user could replace
+// the socket with a symlink between bind and chmod (so that dpsd, maybe
+// as root, would change the mode of whatever it points to) or take the
+// path first: one that group or others may write without the sticky bit,
+// or that belongs to anyone but root or this process's user.
+func checkSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("inspecting the socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("inspecting the socket directory %s: no owner", dir)
+	}
+	if uid := int(st.Uid); uid != 0 && uid != os.Geteuid() && !isServiceUser(uid) {
+		return fmt.Errorf("the socket directory %s belongs to uid %d, not root or the %s user: use a directory only they may write (set [status] socket)", dir, uid, apitype.ServiceUser)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("the socket directory %s (mode %04o) may be written by other users: chmod go-w %s, or set [status] socket", dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// isServiceUser reports whether uid is dpsd.service's user (which owns
+// /run/dpsd, even when an admin runs the daemon as root by hand).
+func isServiceUser(uid int) bool {
+	id, ok := lookupUserID(apitype.ServiceUser)
+	return ok && id == uid
+}
+
+// Linux open(2) and *at(2) flags the syscall package does not name.
+const (
+	oPath       = 0x200000 // O_PATH
+	atEmptyPath = 0x1000   // AT_EMPTY_PATH
+)
+
+// setSocketAccess gives the socket at path its group (gid -1: unchanged)
+// and mode through a descriptor opened without following a symlink, and
+// refuses a path that is no longer a socket: chown and chmod by name would
+// follow a symlink that replaced the socket after bind.
+func setSocketAccess(path string, gid int, mode os.FileMode) error {
+	fd, err := syscall.Open(path, oPath|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening the socket %s: %w", path, err)
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("inspecting the socket %s: %w", path, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return fmt.Errorf("%s is no longer a socket right after dpsd created it (replaced by another user?): refusing to change its owner or mode", path)
+	}
+	if gid != -1 {
+		if err := syscall.Fchownat(fd, "", -1, gid, atEmptyPath); err != nil {
+			return fmt.Errorf("giving %s to gid %d: %w", path, gid, err)
+		}
+	}
+	// Linux has no fchmod for an O_PATH descriptor; its /proc link reaches
+	// the very inode it holds, whatever the name points to now.
+	if err := os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode); err != nil {
+		return fmt.Errorf("setting the mode of %s: %w", path, err)
+	}
+	return nil
 }
 
 // staleProbeTimeout bounds the probe of an existing socket file.

@@ -28,6 +28,14 @@ var ErrNotProvisioned = errors.New("the device is not provisioned yet")
 type Backend interface {
 	// Status is the daemon's current state; it must not block.
 	Status() apitype.Status
+	// Changed returns a channel that is closed at the next change of
+	// Status (see Signal).
+	Changed() <-chan struct{}
+	// Started is closed once the daemon has settled its start: the TPM
+	// opened (or found unusable) and the hub identity loaded (or found
+	// missing). Until then EnrollInfo, Check and Token would answer for a
+	// daemon that has not looked yet, so their handlers wait for it.
+	Started() <-chan struct{}
 	// EnrollInfo reads the EK and the registration ID for an enrollment.
 	EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error)
 	// Check runs the diagnostics of `dpsd check`.
@@ -57,8 +65,11 @@ type Options struct {
 // every handler but check is quick, so these are generous for honest
 // clients and short for a hostile one.
 const (
-	maxConns          = 64
-	maxConnsPerUID    = 8
+	maxConns       = 64
+	maxConnsPerUID = 8
+	// maxStrangerConns is the pool of peers without any permission: they
+	// only ever get a 403, and must not take the slots of those who may.
+	maxStrangerConns  = 8
 	maxHeaderBytes    = 8 << 10
 	maxBodyBytes      = 4 << 10
 	readHeaderTimeout = 5 * time.Second
@@ -77,10 +88,12 @@ const (
 
 // Server serves the status API for one Backend.
 type Server struct {
-	backend Backend
-	policy  Policy
-	maxTTL  time.Duration
-	log     *slog.Logger
+	backend  Backend
+	policy   Policy
+	maxTTL   time.Duration
+	log      *slog.Logger
+	refusals *refusalLog
+	watches  watchSlots
 
 	// Tests shorten these.
 	maxConns, maxConnsPerUID int
@@ -106,6 +119,8 @@ func New(b Backend, o Options) *Server {
 		policy:            Policy{SocketGroup: o.SocketGroup, TokenAllow: o.TokenAllow},
 		maxTTL:            maxTTL,
 		log:               log,
+		refusals:          newRefusalLog(log),
+		watches:           watchSlots{max: maxWatches, maxPerUID: maxWatchesPerUID},
 		maxConns:          maxConns,
 		maxConnsPerUID:    maxConnsPerUID,
 		readHeaderTimeout: readHeaderTimeout,
@@ -128,7 +143,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(newLimitListener(ln, s.maxConns, s.maxConnsPerUID, s.log)) }()
+	go func() {
+		errc <- srv.Serve(newLimitListener(ln, s.policy, s.maxConns, s.maxConnsPerUID, maxStrangerConns, s.refusals))
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving the status socket: %w", err)
@@ -154,13 +171,14 @@ type connInfoKey struct{}
 // connContext authorizes a connection once, from the credentials read when
 // it was accepted.
 func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
-	var peer Peer
+	ci := connInfo{}
 	if pc, ok := c.(*peerConn); ok {
-		peer = pc.peer
+		ci.peer, ci.perms = pc.peer, pc.perms
 	} else {
-		peer = ReadPeer(c)
+		ci.peer = ReadPeer(c)
+		ci.perms = s.policy.Authorize(ci.peer)
 	}
-	return context.WithValue(ctx, connInfoKey{}, connInfo{peer: peer, perms: s.policy.Authorize(peer)})
+	return context.WithValue(ctx, connInfoKey{}, ci)
 }
 
 func connInfoFrom(ctx context.Context) connInfo {

@@ -116,6 +116,9 @@ func TestHandler(t *testing.T) {
 		{name: "token ttl huge seconds", peer: rootPeer, method: "POST", target: "/v1/token?ttl=99999999999999999999", wantCode: 400},
 		{name: "token before provisioning", peer: tokenUserPeer, method: "POST", target: "/v1/token",
 			tokenErr: fmt.Errorf("state registering: %w", localapi.ErrNotProvisioned), wantCode: 409, wantInBody: "dpsd wait"},
+		{name: "token before provisioning, as the daemon wraps it", peer: tokenUserPeer, method: "POST", target: "/v1/token",
+			tokenErr: fmt.Errorf("%w: %w", localapi.ErrNotProvisioned, errors.New("the device is not provisioned yet")), wantCode: 409,
+			wantInBody: `"the device is not provisioned yet (state provisioned)"`},
 		{name: "token failing", peer: rootPeer, method: "POST", target: "/v1/token", tokenErr: errors.New("TPM_RC_INTEGRITY"), wantCode: 500},
 		{name: "wrong method", peer: rootPeer, method: "POST", target: "/v1/status", wantCode: 405},
 		{name: "unknown path", peer: rootPeer, method: "GET", target: "/v1/secrets", wantCode: 404},
@@ -357,3 +360,162 @@ func ExampleSocketMode() {
 }
 
 var _ http.Handler = (*localapi.Server)(nil)
+
+// TestAnswersWaitForStart: a daemon that has not settled its start (as one
+// that socket activation started for this very request) answers nothing
+// until it has, then answers what it found; a request whose time runs out
+// first gets 503 with the state, never a wrong answer.
+func TestAnswersWaitForStart(t *testing.T) {
+	tests := []struct {
+		method, target string
+		want           string
+	}{
+		{"GET", "/v1/status", `"state": "provisioned"`},
+		{"GET", "/v1/enroll-info", `"registrationId"`},
+		{"GET", "/v1/check", `"checks"`},
+		{"POST", "/v1/token", "SharedAccessSignature"},
+	}
+	b := localapitest.NewBackend(apitype.Status{State: apitype.StateStarting})
+	settle := b.HoldStart()
+	srv := localapi.New(b, testOptions)
+	request := func(ctx context.Context, method, target string) *httptest.ResponseRecorder {
+		r := httptest.NewRequestWithContext(ctx, method, target, nil)
+		r.Host = apitype.SocketHost
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, srv.RequestAs(r, rootPeer))
+		return w
+	}
+
+	// Out of time before the start settles: 503 naming the state.
+	for _, tt := range tests[1:] {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if w := request(ctx, tt.method, tt.target); w.Code != 503 || !strings.Contains(w.Body.String(), "still starting (state starting)") {
+			t.Errorf("%s with no time left: %d %s", tt.target, w.Code, w.Body)
+		}
+	}
+
+	answers := make(chan string, len(tests))
+	for _, tt := range tests {
+		go func() {
+			w := request(context.Background(), tt.method, tt.target)
+			answers <- fmt.Sprintf("%s %d %s", tt.target, w.Code, w.Body)
+		}()
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("answered before the start settled: %s", a)
+	default:
+	}
+	settle()
+	b.SetStatus(provisionedStatus())
+	for range tests {
+		a := <-answers
+		ok := false
+		for _, tt := range tests {
+			ok = ok || strings.HasPrefix(a, tt.target+" 200 ") && strings.Contains(a, tt.want)
+		}
+		if !ok {
+			t.Errorf("after the start: %s", a)
+		}
+	}
+}
+
+// TestRefusalsRateLimited: a user knocking in a loop gets every 403 but
+// does not fill the journal: one line per uid per window.
+func TestRefusalsRateLimited(t *testing.T) {
+	var logs bytes.Buffer
+	o := testOptions
+	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	srv := localapi.New(localapitest.NewBackend(provisionedStatus()), o)
+	for range 20 {
+		for _, peer := range []localapi.Peer{strangerPeer, tokenUserPeer} {
+			r := httptest.NewRequest("GET", "/v1/status", nil)
+			r.Host = apitype.SocketHost
+			w := httptest.NewRecorder()
+			srv.ServeHTTP(w, srv.RequestAs(r, peer))
+			if w.Code != 403 {
+				t.Fatalf("uid %d: %d, want 403", peer.UID, w.Code)
+			}
+		}
+	}
+	for _, peer := range []localapi.Peer{strangerPeer, tokenUserPeer} {
+		if n := strings.Count(logs.String(), "uid="+strconv.Itoa(peer.UID)+" "); n != 1 {
+			t.Errorf("uid %d: %d refusal lines for 20 refusals, want 1:\n%s", peer.UID, n, &logs)
+		}
+	}
+}
+
+// TestListenRefusesUnsafeDir: dpsd does not create its socket where
+// another user could swap it for a symlink or take the path.
+func TestListenRefusesUnsafeDir(t *testing.T) {
+	localapitest.RequireRoot(t, "give a directory to another uid")
+	tests := []struct {
+		name  string
+		mode  os.FileMode
+		owner int
+		want  string // in the error; "" means Listen succeeds
+	}{
+		{"private", 0o755, 0, ""},
+		{"sticky and world-writable, like /tmp", 0o777 | os.ModeSticky, 0, ""},
+		{"world-writable", 0o777, 0, "may be written by other users"},
+		{"group-writable", 0o775, 0, "may be written by other users"},
+		{"another user's", 0o755, 2001, "belongs to uid 2001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "run")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(dir, tt.owner, tt.owner); err != nil {
+				t.Fatal(err)
+			}
+			ln, err := localapi.Listen(filepath.Join(dir, "status.sock"), "", 0o660)
+			if err == nil {
+				ln.Close()
+			}
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Listen: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Listen: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestListenDoesNotFollowSwappedSocket: a socket replaced by a symlink
+// between bind and chmod is refused, and the symlink's target keeps its
+// owner and mode.
+func TestListenDoesNotFollowSwappedSocket(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(target, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	localapi.SetAfterBind(t, func(path string) {
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, path); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ln, err := localapi.Listen(filepath.Join(dir, "status.sock"), strconv.Itoa(os.Getegid()), 0o666)
+	if err == nil {
+		ln.Close()
+		t.Error("Listen accepted a socket swapped for a symlink")
+	}
+	fi, statErr := os.Stat(target)
+	if statErr != nil {
+		t.Fatal(statErr)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the symlink's target got mode %04o", fi.Mode().Perm())
+	}
+	t.Logf("Listen: %v", err)
+}

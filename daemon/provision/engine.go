@@ -39,8 +39,12 @@ type Options struct {
 	// OnReady is called once, when the TPM is usable and the device's
 	// identity is known to work or is being obtained; may be nil.
 	OnReady func()
-	Log     *slog.Logger
-	Retry   Retry
+	// OnChange is called after every update of the status, outside the
+	// engine's lock, so that watchers of the status API see changes at
+	// once; may be nil. It must not block.
+	OnChange func()
+	Log      *slog.Logger
+	Retry    Retry
 	// Now is the wall clock; tests may move it.
 	Now func() time.Time
 }
@@ -126,6 +130,7 @@ func (e *Engine) setPhase(s apitype.State, text string) {
 	changed := e.status.State != s
 	e.status.State = s
 	e.mu.Unlock()
+	e.changed()
 	if changed {
 		e.log.Info("phase", "state", string(s), "detail", text)
 	}
@@ -136,8 +141,15 @@ func (e *Engine) setPhase(s apitype.State, text string) {
 
 func (e *Engine) update(f func(s *apitype.Status)) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	f(&e.status)
+	e.mu.Unlock()
+	e.changed()
+}
+
+func (e *Engine) changed() {
+	if e.o.OnChange != nil {
+		e.o.OnChange()
+	}
 }
 
 // ready reports, once, that the daemon is up; the log line says what the

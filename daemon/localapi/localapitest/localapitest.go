@@ -28,18 +28,22 @@ type Backend struct {
 	tokenErr    error
 	reprovision int
 	lastTTL     time.Duration
-	statusCalls int
+	started     chan struct{}
+	changes     localapi.Signal
 }
 
 var _ localapi.Backend = (*Backend)(nil)
 
-// NewBackend returns a backend that reports st and answers every other
-// call with plausible values.
+// NewBackend returns a backend that reports st, has started, and answers
+// every other call with plausible values.
 func NewBackend(st apitype.Status) *Backend {
+	started := make(chan struct{})
+	close(started)
 	return &Backend{
-		status: st,
-		enroll: apitype.EnrollInfo{RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", EndorsementKey: "ZmFrZSBFSw=="},
-		report: apitype.CheckReport{Checks: []apitype.Check{{Name: "config", Status: apitype.CheckPass, Detail: "valid"}}},
+		started: started,
+		status:  st,
+		enroll:  apitype.EnrollInfo{RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", EndorsementKey: "ZmFrZSBFSw=="},
+		report:  apitype.CheckReport{Checks: []apitype.Check{{Name: "config", Status: apitype.CheckPass, Detail: "valid"}}},
 		token: apitype.Token{
 			SAS:       "SharedAccessSignature sr=hub.example%2Fdevices%2Fdev-1&sig=c2ln&se=1893456000",
 			Hub:       "hub.example",
@@ -49,12 +53,34 @@ func NewBackend(st apitype.Status) *Backend {
 	}
 }
 
-// SetStatus changes what Status returns.
+// SetStatus changes what Status returns and tells watchers.
 func (b *Backend) SetStatus(st apitype.Status) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.status = st
+	b.mu.Unlock()
+	b.changes.Notify()
 }
+
+// HoldStart makes the backend one that has not settled its start yet, as
+// a daemon just started by socket activation; calling the returned
+// function settles it.
+func (b *Backend) HoldStart() (settle func()) {
+	ch := make(chan struct{})
+	b.mu.Lock()
+	b.started = ch
+	b.mu.Unlock()
+	return sync.OnceFunc(func() { close(ch) })
+}
+
+// Started implements localapi.Backend.
+func (b *Backend) Started() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.started
+}
+
+// Changed implements localapi.Backend.
+func (b *Backend) Changed() <-chan struct{} { return b.changes.C() }
 
 // SetTokenErr makes Token fail with err (nil: succeed again).
 func (b *Backend) SetTokenErr(err error) {
@@ -91,18 +117,10 @@ func (b *Backend) LastTTL() time.Duration {
 	return b.lastTTL
 }
 
-// StatusCalls is how often Status was called.
-func (b *Backend) StatusCalls() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.statusCalls
-}
-
 // Status implements localapi.Backend.
 func (b *Backend) Status() apitype.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.statusCalls++
 	return b.status
 }
 
@@ -123,10 +141,11 @@ func (b *Backend) Check(context.Context) apitype.CheckReport {
 // Reprovision implements localapi.Backend.
 func (b *Backend) Reprovision(context.Context) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.reprovision++
 	b.status.State = apitype.StateRegistering
 	b.status.Reason = apitype.ReasonRequested
+	b.mu.Unlock()
+	b.changes.Notify()
 	return nil
 }
 
