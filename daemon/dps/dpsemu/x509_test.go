@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/x509cred"
+	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
 // x509APIVersion is the DPS api-version that carries csr.
@@ -383,4 +386,81 @@ func foreignCertificate(t *testing.T, cn string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
+}
+
+// TestTPMCertificate is issue 14 end to end on real parts, without the
+// daemon: a signing key created in the TPM, a CSR it signs, the real DPS
+// client registering with TPM attestation and the csr at api-version
+// 2026-11-01, the issued chain checked, and an MQTT CONNECT to the hub
+// authenticated by the chain and one TPM signature.
+func TestTPMCertificate(t *testing.T) {
+	for _, tc := range tpmtest.Backends() {
+		t.Run(tc.Name, func(t *testing.T) {
+			ctx := t.Context()
+			e := newX509Env(t, "1h")
+			dev, _ := tc.Open(t)
+			d := newTPMDevice(t, dev)
+			e.admin(http.MethodPut, "/enrollments/"+d.regID, map[string]any{
+				"registrationId":       d.regID,
+				"attestation":          map[string]any{"type": "tpm", "tpm": map[string]any{"endorsementKey": base64.StdEncoding.EncodeToString(d.ek)}},
+				"credentialPolicyName": "short",
+			})
+
+			key, err := dev.CreateSigningKey(ctx, tpmdev.KeyAuto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			signer, err := dev.Signer(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			csr, err := x509cred.CreateCSR(signer, d.regID)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			base, err := dps.NewClient(dps.ClientConfig{Endpoint: "https://" + e.addrs.DPS, IDScope: testScope,
+				APIVersion: dps.APIVersionCertificates, RootCAs: e.roots})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := base.WithCSR(csr)
+			ch, err := c.Challenge(ctx, d.regID, d.ek, d.srk, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.importBlob(base64.StdEncoding.EncodeToString(ch.AuthenticationKey))
+			auth := d.token(testScope+"/registrations/"+d.regID, ch.KeyName)
+			op, err := c.Register(ctx, d.regID, d.ek, d.srk, nil, auth)
+			for n := 0; err == nil && op.Status == dps.StatusAssigning && n < 100; n++ {
+				op, err = c.Poll(ctx, d.regID, op.ID, auth)
+			}
+			if err != nil || op.Status != dps.StatusAssigned {
+				t.Fatalf("registration: %+v, %v", op, err)
+			}
+
+			chain := op.State.IssuedCertificateChain
+			if _, err := x509cred.VerifyChain(chain, d.regID, signer.Public(), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			cred, err := x509cred.TLSCertificate(chain, signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := dev.Stats().ByCommand["Sign"].Count
+			conn, code, err := mqttConnectTLS(e.addrs.Hub, op.State.AssignedHub, op.State.DeviceID, "",
+				&tls.Config{ServerName: op.State.AssignedHub, RootCAs: e.roots, Certificates: []tls.Certificate{cred}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			if code != connAccepted {
+				t.Errorf("CONNACK %d for the TPM-backed certificate", code)
+			}
+			if n := dev.Stats().ByCommand["Sign"].Count - before; n != 1 {
+				t.Errorf("%d TPM2_Sign for the TLS handshake, want 1", n)
+			}
+			tpmtest.AssertNoTransientHandles(t, dev)
+		})
+	}
 }
