@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/x509cred"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
@@ -460,7 +461,52 @@ func TestTPMCertificate(t *testing.T) {
 			if n := dev.Stats().ByCommand["Sign"].Count - before; n != 1 {
 				t.Errorf("%d TPM2_Sign for the TLS handshake, want 1", n)
 			}
+
+			// The daemon's hub client (paho) with the same credential.
+			if _, err := hub.Check(ctx, hub.Config{Hub: op.State.AssignedHub, DeviceID: op.State.DeviceID,
+				Endpoint: e.addrs.Hub, RootCAs: e.roots, Certificate: &cred}, map[string]any{"auth": "x509"}); err != nil {
+				t.Errorf("hub.Check with the TPM-backed certificate: %v", err)
+			}
 			tpmtest.AssertNoTransientHandles(t, dev)
 		})
+	}
+}
+
+// TestRestartKeepsIssuer: after a restart the device root is the same, the
+// policies are back, and a certificate issued before still gets the device
+// in, under its registration ID although the device ID differs.
+func TestRestartKeepsIssuer(t *testing.T) {
+	first := newX509Env(t, "1h")
+	d := newSoftDevice(t, 0)
+	first.enroll("x509-8", d, map[string]any{"credentialPolicyName": "short", "deviceId": "device-8"})
+	key := newECKey(t)
+	op := first.issued("x509-8", d, csrFor(t, key, "x509-8"))
+	rootBefore := first.deviceRoot()
+	if err := first.emu.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := startEnv(t, first.opts)
+	if !second.deviceRoot().Equal(rootBefore) {
+		t.Error("the device root changed across a restart")
+	}
+	if r := second.admin(http.MethodGet, "/credentialPolicies/short", nil); r.status != http.StatusOK {
+		t.Errorf("policy after restart: %d", r.status)
+	}
+	cred, err := x509cred.TLSCertificate(decodeChain(t, op.RegistrationState.IssuedCertificateChain), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := op.RegistrationState.AssignedHub
+	c, code, err := mqttConnectTLS(second.addrs.Hub, hub, "device-8", "",
+		&tls.Config{ServerName: hub, RootCAs: second.roots, Certificates: []tls.Certificate{cred}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != nil {
+		c.Close()
+	}
+	if code != connAccepted {
+		t.Errorf("CONNACK %d with a pre-restart certificate", code)
 	}
 }
