@@ -2,8 +2,6 @@ package dpsemu_test
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"math/big"
 	"net/http"
 	"testing"
 	"time"
@@ -19,6 +16,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/x509cred"
+	"github.com/dpsd-project/dpsd/daemon/x509cred/x509credtest"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob/softtpm"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
@@ -47,15 +45,6 @@ func csrFor(t testing.TB, key crypto.Signer, cn string) string {
 		t.Fatal(err)
 	}
 	return base64.StdEncoding.EncodeToString(der)
-}
-
-func newECKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // registerWithCSR runs challenge and the authenticated PUT with csr in the
@@ -126,7 +115,7 @@ func TestIssueCertificate(t *testing.T) {
 	e := newX509Env(t, "90s")
 	d := newSoftDevice(t, 0)
 	e.enroll("x509-1", d, map[string]any{"credentialPolicyName": "short"})
-	key := newECKey(t)
+	key := x509credtest.NewKey(t)
 	before := time.Now().Truncate(time.Second)
 	op := e.issued("x509-1", d, csrFor(t, key, "x509-1"))
 	after := time.Now()
@@ -174,7 +163,7 @@ func pool(t testing.TB, ders ...[]byte) *x509.CertPool {
 // body at the authenticated PUT; without a credential policy the csr is
 // not even looked at.
 func TestCSRRefused(t *testing.T) {
-	key := newECKey(t)
+	key := x509credtest.NewKey(t)
 	good := csrFor(t, key, "x509-2")
 	raw, _ := base64.StdEncoding.DecodeString(good)
 	badSig := append([]byte(nil), raw...)
@@ -230,7 +219,7 @@ func TestStatusLookup(t *testing.T) {
 	e := newX509Env(t, "1h")
 	d := newSoftDevice(t, 0)
 	e.enroll("x509-3", d, map[string]any{"credentialPolicyName": "short"})
-	e.issued("x509-3", d, csrFor(t, newECKey(t), "x509-3"))
+	e.issued("x509-3", d, csrFor(t, x509credtest.NewKey(t), "x509-3"))
 	key := e.challenge("x509-3", d)
 	auth := dpsToken(key, "x509-3")
 	u := "https://" + e.addrs.DPS + "/" + testScope + "/registrations/x509-3?" + x509APIVersion
@@ -243,7 +232,7 @@ func TestStatusLookup(t *testing.T) {
 	if _, has := state["issuedCertificateChain"]; has {
 		t.Errorf("lookup carries a chain: %s", r.body)
 	}
-	body, _ := json.Marshal(map[string]string{"registrationId": "x509-3", "csr": csrFor(t, newECKey(t), "x509-3")})
+	body, _ := json.Marshal(map[string]string{"registrationId": "x509-3", "csr": csrFor(t, x509credtest.NewKey(t), "x509-3")})
 	if r := e.do(http.MethodPost, u, auth, body); r.status != http.StatusBadRequest {
 		t.Errorf("lookup with csr: %d %s, want 400", r.status, r.body)
 	}
@@ -303,7 +292,7 @@ func TestHubClientCertificate(t *testing.T) {
 	// The device ID differs from the registration ID: the certificate
 	// names the latter.
 	e.enroll("x509-5", d, map[string]any{"credentialPolicyName": "short", "deviceId": "device-5"})
-	key := newECKey(t)
+	key := x509credtest.NewKey(t)
 	op := e.issued("x509-5", d, csrFor(t, key, "x509-5"))
 	hub, deviceID := op.RegistrationState.AssignedHub, op.RegistrationState.DeviceID
 	chain := decodeChain(t, op.RegistrationState.IssuedCertificateChain)
@@ -315,13 +304,13 @@ func TestHubClientCertificate(t *testing.T) {
 	// A second device of the same emulator, with its own certificate.
 	d1 := newSoftDevice(t, 1)
 	e.enroll("x509-6", d1, map[string]any{"credentialPolicyName": "short"})
-	key6 := newECKey(t)
+	key6 := x509credtest.NewKey(t)
 	op6 := e.issued("x509-6", d1, csrFor(t, key6, "x509-6"))
 	other, err := x509cred.TLSCertificate(decodeChain(t, op6.RegistrationState.IssuedCertificateChain), key6)
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign := foreignCertificate(t, "x509-5")
+	foreign := x509credtest.NewCA(t, "foreign", nil).ClientCertificate(t, "x509-5")
 
 	tests := []struct {
 		name     string
@@ -365,28 +354,6 @@ func enrollSoft(e *env, regID string) *softtpm.Device {
 	d := softtpm.New(softtpm.Key(2), softtpm.Key(3))
 	e.enroll(regID, d, nil)
 	return d
-}
-
-// foreignCertificate is a client certificate for cn from a CA the
-// emulator never saw.
-func foreignCertificate(t *testing.T, cn string) tls.Certificate {
-	t.Helper()
-	caKey, key := newECKey(t), newECKey(t)
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "foreign"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: cn},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
 }
 
 // TestTPMCertificate is issue 14 end to end on real parts, without the
@@ -479,7 +446,7 @@ func TestRestartKeepsIssuer(t *testing.T) {
 	first := newX509Env(t, "1h")
 	d := newSoftDevice(t, 0)
 	first.enroll("x509-8", d, map[string]any{"credentialPolicyName": "short", "deviceId": "device-8"})
-	key := newECKey(t)
+	key := x509credtest.NewKey(t)
 	op := first.issued("x509-8", d, csrFor(t, key, "x509-8"))
 	rootBefore := first.deviceRoot()
 	if err := first.emu.Close(); err != nil {
