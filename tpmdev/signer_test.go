@@ -378,8 +378,8 @@ func TestPersistSigningKey(t *testing.T) {
 	})
 }
 
-// BenchmarkSigningKeySign is one ECDSA P-256 signature by the TPM key on swtpm:
-// TPM2_Load, TPM2_Sign, TPM2_FlushContext.
+// BenchmarkSigningKeySign is one signature by a TPM key on swtpm
+// (TPM2_Load, TPM2_Sign, TPM2_FlushContext), for each key algorithm.
 //
 //	go test -run '^$' -bench "SigningKeySign|TLSHandshake" ./tpmdev
 func BenchmarkSigningKeySign(b *testing.B) {
@@ -387,22 +387,26 @@ func BenchmarkSigningKeySign(b *testing.B) {
 	if _, err := dev.EnsureSRK(context.Background(), nil); err != nil {
 		b.Fatal(err)
 	}
-	_, s := newSigner(b, dev, tpmdev.KeyECCP256)
 	digest := sha256.Sum256([]byte("bench"))
-	c := costs{}
-	for b.Loop() {
-		c.measure(dev, "sign", func() {
-			if _, err := s.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
-				b.Fatal(err)
+	for _, alg := range signingAlgorithms {
+		b.Run(alg.String(), func(b *testing.B) {
+			_, s := newSigner(b, dev, alg)
+			c := costs{}
+			for b.Loop() {
+				c.measure(dev, "sign", func() {
+					if _, err := s.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+						b.Fatal(err)
+					}
+				})
 			}
+			c.report(b, map[string]string{"sign/Sign": "ms/TPM2_Sign", "sign/Load": "ms/TPM2_Load"})
 		})
 	}
-	c.report(b, map[string]string{"sign/Sign": "ms/TPM2_Sign", "sign/Load": "ms/TPM2_Load"})
 }
 
-// BenchmarkTLSHandshake is a TLS 1.3 handshake over loopback with the
-// client authenticated by the TPM key on swtpm, and the same with a
-// software key, for the difference the TPM makes.
+// BenchmarkTLSHandshake is a handshake over loopback with the client
+// authenticated by a P-256 key in swtpm, and by a software key for the
+// difference the TPM makes, at TLS 1.2 and 1.3.
 func BenchmarkTLSHandshake(b *testing.B) {
 	dev, _ := tpmtest.Swtpm(b)
 	if _, err := dev.EnsureSRK(context.Background(), nil); err != nil {
@@ -418,18 +422,23 @@ func BenchmarkTLSHandshake(b *testing.B) {
 		name   string
 		signer crypto.Signer
 	}{{"tpm", tpmSigner}, {"software", soft}} {
-		b.Run(c.name, func(b *testing.B) {
-			der := f.issue(b, &x509.Certificate{
-				Subject:     pkix.Name{CommonName: "device"},
-				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-			}, c.signer.Public())
-			cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: c.signer,
-				SupportedSignatureAlgorithms: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}}
-			for b.Loop() {
-				if _, err := f.handshake(b, cert, tls.VersionTLS13); err != nil {
-					b.Fatal(err)
+		der := f.issue(b, &x509.Certificate{
+			Subject:     pkix.Name{CommonName: "device"},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, c.signer.Public())
+		cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: c.signer,
+			SupportedSignatureAlgorithms: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}}
+		for _, v := range []struct {
+			name    string
+			version uint16
+		}{{"TLS1.2", tls.VersionTLS12}, {"TLS1.3", tls.VersionTLS13}} {
+			b.Run(c.name+"/"+v.name, func(b *testing.B) {
+				for b.Loop() {
+					if _, err := f.handshake(b, cert, v.version); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
