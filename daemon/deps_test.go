@@ -49,14 +49,15 @@ const module = "github.com/dpsd-project/dpsd"
 // that ships in the .deb.
 func TestShippedBinaryDeps(t *testing.T) {
 	forbidden := []string{
-		"github.com/google/go-tpm-tools",         // the simulator: cgo, test-only
-		"github.com/mochi-mqtt/server",           // the emulator's broker
-		module + "/tpmdev/tpmtest",               // test helpers
-		module + "/tpmdev/authblob/softtpm",      // software TPM for tests
-		module + "/daemon/x509cred/x509credtest", // test CAs
-		module + "/daemon/dps/dpsemu",            // the emulator
-		module + "/daemon/hub/hubemu",            // the emulator's hub
-		"github.com/goreleaser/nfpm",             // packaging tool
+		"github.com/google/go-tpm-tools",    // the simulator: cgo, test-only
+		"github.com/mochi-mqtt/server",      // the emulator's broker
+		module + "/tpmdev/tpmtest",          // test helpers
+		module + "/tpmdev/authblob/softtpm", // software TPM for tests
+		module + "/daemon/dps/dpsemu",       // the emulator
+		module + "/daemon/hub/hubemu",       // the emulator's hub
+		"github.com/goreleaser/nfpm",        // packaging tool
+
+		module + "/daemon/x509cred/x509credtest", // test CAs and certificates
 	}
 	for _, p := range goList(t, []string{"CGO_ENABLED=0"}, "-deps", module+"/cmd/dpsd") {
 		for _, f := range forbidden {
