@@ -152,9 +152,9 @@ func signingTemplate(alg KeyAlgorithm) tpm2.TPMTPublic {
 	}
 }
 
-// CreateSigningKey creates a signing key under the SRK (which must exist)
-// and returns it wrapped, for the caller to store. KeyAuto picks P-256
-// when the TPM lists the curve.
+// CreateSigningKey creates a signing key under the SRK (ErrNotFound when
+// there is none) and returns it wrapped, for the caller to store. KeyAuto
+// picks P-256 when the TPM lists the curve.
 func (d *Device) CreateSigningKey(ctx context.Context, alg KeyAlgorithm) (*SigningKey, error) {
 	if alg < KeyAuto || alg > KeyRSA2048 {
 		return nil, fmt.Errorf("creating signing key: unknown algorithm %d", int(alg))
@@ -175,8 +175,11 @@ func (d *Device) CreateSigningKey(ctx context.Context, alg KeyAlgorithm) (*Signi
 			ParentHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: tpm2.HandleName(SRKHandle)},
 			InPublic:     tpm2.New2B(signingTemplate(alg)),
 		})
+		if isNoObject(err) {
+			return fmt.Errorf("handle 0x%08x (SRK): %w: %w", uint32(SRKHandle), ErrNotFound, err)
+		}
 		if err != nil {
-			return loadError(err)
+			return err
 		}
 		k = &SigningKey{Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate)}
 		return nil

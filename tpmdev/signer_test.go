@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"errors"
 	"math/big"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // signingAlgorithms are the two kinds of key CreateSigningKey makes.
@@ -62,6 +64,9 @@ func verify(pub crypto.PublicKey, digest, sig []byte, opts crypto.SignerOpts) er
 func TestSigningKey(t *testing.T) {
 	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, clear func()) {
 		ctx := context.Background()
+		if _, err := dev.CreateSigningKey(ctx, tpmdev.KeyAuto); !errors.Is(err, tpmdev.ErrNotFound) {
+			t.Errorf("creating a signing key without an SRK: %v, want ErrNotFound", err)
+		}
 		provision(t, dev)
 		auto, err := dev.CreateSigningKey(ctx, tpmdev.KeyAuto)
 		if err != nil {
@@ -441,4 +446,40 @@ func BenchmarkTLSHandshake(b *testing.B) {
 			})
 		}
 	}
+}
+
+// noECC answers TPM2_GetCapability(TPM_CAP_ECC_CURVES) with an empty list,
+// as a TPM without ECC does, and passes every other command through.
+type noECC struct{ transport.TPM }
+
+func (n noECC) Send(cmd []byte) ([]byte, error) {
+	// Header (tag, size, TPM_CC_GetCapability), then capability.
+	if len(cmd) >= 14 && binary.BigEndian.Uint32(cmd[6:]) == uint32(tpm2.TPMCCGetCapability) &&
+		binary.BigEndian.Uint32(cmd[10:]) == uint32(tpm2.TPMCapECCCurves) {
+		rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
+		rsp = binary.BigEndian.AppendUint32(rsp, 19)
+		rsp = binary.BigEndian.AppendUint32(rsp, 0) // TPM_RC_SUCCESS
+		rsp = append(rsp, 0)                        // moreData: NO
+		rsp = binary.BigEndian.AppendUint32(rsp, uint32(tpm2.TPMCapECCCurves))
+		return binary.BigEndian.AppendUint32(rsp, 0), nil // no curves
+	}
+	return n.TPM.Send(cmd)
+}
+
+// TestSigningKeyFallsBackToRSA: KeyAuto makes an RSA-2048 key on a TPM that
+// lists no ECC curve.
+func TestSigningKeyFallsBackToRSA(t *testing.T) {
+	dev, _ := tpmtest.Swtpm(t)
+	provision(t, dev)
+	dev.WrapTransport(func(t transport.TPM) transport.TPM { return noECC{t} })
+	k, err := dev.CreateSigningKey(context.Background(), tpmdev.KeyAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub, err := k.PublicKey(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := pub.(*rsa.PublicKey); !ok {
+		t.Errorf("KeyAuto without ECC made %T, want an RSA key", pub)
+	}
+	tpmtest.AssertNoTransientHandles(t, dev)
 }

@@ -464,6 +464,12 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 	s.hub.SetCertificateName(deviceID, enr.RegistrationID)
 	s.stats.add(statAssigned)
 	s.log.Info("device assigned", "registrationId", enr.RegistrationID, "deviceId", deviceID, "hub", hub, "substatus", reg.Substatus, "attempts", reg.Attempts)
+	if chain != nil {
+		// Counted once delivered: a registry write that failed above
+		// issues again at the next poll.
+		s.stats.add(statCertificates)
+		s.log.Info("certificate issued", "registrationId", enr.RegistrationID, "policy", enr.CredentialPolicyName)
+	}
 
 	state := &registrationState{
 		TPM:                    &tpmResult{AuthenticationKey: base64.StdEncoding.EncodeToString(blob)},
@@ -497,9 +503,6 @@ func (s *service) issueLocked(enr *Enrollment, csr *x509.CertificateRequest, now
 	for i, der := range ders {
 		chain[i] = base64.StdEncoding.EncodeToString(der)
 	}
-	s.stats.add(statCertificates)
-	s.log.Info("certificate issued", "registrationId", enr.RegistrationID, "policy", policy.Name,
-		"notAfter", now.Add(policy.lifetime()).UTC().Format(time.RFC3339))
 	return chain, nil
 }
 
