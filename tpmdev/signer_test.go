@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -482,4 +483,44 @@ func TestSigningKeyFallsBackToRSA(t *testing.T) {
 		t.Errorf("KeyAuto without ECC made %T, want an RSA key", pub)
 	}
 	tpmtest.AssertNoTransientHandles(t, dev)
+}
+
+// TestPersistedSigningKeyWithTPM2Tools: another program on the device signs
+// with the persisted key by its handle through the standard TSS stack
+// (tpm2_sign, what tpm2-openssl's handle: URIs reach), and the signature
+// verifies with the key's public part.
+func TestPersistedSigningKeyWithTPM2Tools(t *testing.T) {
+	bin, err := exec.LookPath("tpm2_sign")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true and tpm2_sign is not installed")
+		}
+		t.Skip("tpm2_sign is not installed (scripts/install-deps.sh test)")
+	}
+	dev, info := tpmtest.Swtpm(t)
+	provision(t, dev)
+	const handle tpm2.TPMHandle = 0x81000200
+	k, s := newSigner(t, dev, tpmdev.KeyECCP256)
+	if err := dev.PersistSigningKey(context.Background(), k, handle, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	msg, sig := filepath.Join(dir, "msg"), filepath.Join(dir, "sig")
+	data := []byte("signed by another program")
+	if err := os.WriteFile(msg, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-T", info.TCTI(), "-c", fmt.Sprintf("0x%08x", uint32(handle)), "-g", "sha256", "-f", "plain", "-o", sig, msg)
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tpm2_sign: %v: %s", err, out)
+	}
+	der, err := os.ReadFile(sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256(data)
+	if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], der) {
+		t.Error("the signature tpm2_sign made with the persisted key does not verify")
+	}
 }
