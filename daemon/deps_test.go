@@ -56,6 +56,8 @@ func TestShippedBinaryDeps(t *testing.T) {
 		module + "/daemon/dps/dpsemu",       // the emulator
 		module + "/daemon/hub/hubemu",       // the emulator's hub
 		"github.com/goreleaser/nfpm",        // packaging tool
+
+		module + "/daemon/x509cred/x509credtest", // test CAs and certificates
 	}
 	for _, p := range goList(t, []string{"CGO_ENABLED=0"}, "-deps", module+"/cmd/dpsd") {
 		for _, f := range forbidden {

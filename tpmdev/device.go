@@ -365,6 +365,7 @@ var commandNames = map[tpm2.TPMCC]string{
 	tpm2.TPMCCReadPublic:          "ReadPublic",
 	tpm2.TPMCCSequenceComplete:    "SequenceComplete",
 	tpm2.TPMCCSequenceUpdate:      "SequenceUpdate",
+	tpm2.TPMCCSign:                "Sign",
 	tpm2.TPMCCStartAuthSession:    "StartAuthSession",
 	tpm2.TPMCCUnseal:              "Unseal",
 }

@@ -174,15 +174,24 @@ func hmacSequence(t transport.TPM, key tpm2.AuthHandle, data []byte, limit int) 
 }
 
 // Persist makes a wrapped key persistent at handle (the Azure SDKs use
-// 0x81000100), for other software that expects it there. An older HMAC key
-// at the handle is evicted first; any other kind of object is refused with
-// ErrForeignObject. Persisting the key that is already there does nothing.
+// 0x81000100), for other software that expects it there. An older key of
+// the same kind at the handle (an HMAC key for an HMAC key, a signing key of
+// the same type for a signing key) is evicted first; any other object is
+// refused with ErrForeignObject. Persisting the key that is already there does nothing.
 func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHandle, ownerAuth []byte) error {
 	if !isOwnerPersistent(handle) {
 		return fmt.Errorf("persisting key: handle 0x%08x is not an owner persistent handle", uint32(handle))
 	}
 	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(ownerAuth)}
 	err := d.do(ctx, "persisting key", func(t transport.TPM) (err error) {
+		l, err := k.loadable()
+		if err != nil {
+			return err
+		}
+		want, err := l.public.Contents()
+		if err != nil {
+			return fmt.Errorf("decoding the key's public area: %w", err)
+		}
 		h, err := loadKey(t, k)
 		if err != nil {
 			return err
@@ -195,8 +204,8 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 				return nil
 			}
 			pub, err := old.OutPublic.Contents()
-			if err != nil || pub.Type != tpm2.TPMAlgKeyedHash || !pub.ObjectAttributes.SignEncrypt {
-				return fmt.Errorf("object at 0x%08x is not an HMAC key: %w", uint32(handle), ErrForeignObject)
+			if err != nil || !sameKind(pub, want) {
+				return fmt.Errorf("object at 0x%08x is not a key of the same kind: %w", uint32(handle), ErrForeignObject)
 			}
 			if _, err := run(t, tpm2.EvictControl{
 				Auth:             owner,
@@ -212,7 +221,7 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 		return err
 	})
 	if err == nil {
-		d.log.Info("persisted the identity key", "handle", fmt.Sprintf("0x%08x", uint32(handle)))
+		d.log.Info("persisted the key", "handle", fmt.Sprintf("0x%08x", uint32(handle)))
 	}
 	return err
 }

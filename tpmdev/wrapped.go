@@ -34,16 +34,9 @@ func (k *WrappedKey) MarshalBinary() ([]byte, error) {
 // that the public area decodes as a keyed-hash object, not the cryptography
 // (Load does).
 func (k *WrappedKey) UnmarshalBinary(b []byte) error {
-	pub, rest, err := splitTPM2B("public", b)
+	pub, priv, err := splitWrapped(b)
 	if err != nil {
 		return fmt.Errorf("unmarshalling wrapped key: %w", err)
-	}
-	priv, rest, err := splitTPM2B("private", rest)
-	if err != nil {
-		return fmt.Errorf("unmarshalling wrapped key: %w", err)
-	}
-	if len(rest) != 0 {
-		return fmt.Errorf("unmarshalling wrapped key: %d bytes after the private part", len(rest))
 	}
 	area, err := tpm2.Unmarshal[tpm2.TPMTPublic](pub[2:])
 	if err != nil {
@@ -55,6 +48,22 @@ func (k *WrappedKey) UnmarshalBinary(b []byte) error {
 	}
 	k.Public, k.Private = pub, priv
 	return nil
+}
+
+// splitWrapped cuts MarshalBinary's output into its two TPM2Bs.
+func splitWrapped(b []byte) (pub, priv []byte, err error) {
+	pub, rest, err := splitTPM2B("public", b)
+	if err != nil {
+		return nil, nil, err
+	}
+	priv, rest, err = splitTPM2B("private", rest)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(rest) != 0 {
+		return nil, nil, fmt.Errorf("%d bytes after the private part", len(rest))
+	}
+	return pub, priv, nil
 }
 
 // splitTPM2B cuts one TPM2B (size prefix and contents) off the front of b.

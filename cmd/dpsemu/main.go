@@ -35,7 +35,7 @@ func run(args []string) int {
 		polls    int
 		logLevel slog.Level
 	)
-	fs.StringVar(&opts.Dir, "dir", "", "state directory: ca.pem, ca-key.pem, registry.json (required)")
+	fs.StringVar(&opts.Dir, "dir", "", "state directory: ca.pem, ca-key.pem, device-root.pem, device-ca.pem (and keys), registry.json (required)")
 	fs.StringVar(&opts.IDScope, "id-scope", "", "DPS ID scope devices use (required)")
 	fs.StringVar(&hubs, "hub", "", "IoT Hub host names, comma-separated (required)")
 	fs.StringVar(&opts.DPSListen, "dps-listen", dpsemu.DefaultListen, "DPS HTTPS address (port 0: any free port)")

@@ -29,7 +29,11 @@ import (
 const (
 	DefaultEndpoint   = "https://global.azure-devices-provisioning.net"
 	DefaultAPIVersion = "2021-06-01"
-	DefaultTimeout    = 30 * time.Second
+	// APIVersionCertificates is the first generally available api-version
+	// whose registration carries a csr and answers an
+	// issuedCertificateChain (docs/dps-x509-issuance.md).
+	APIVersionCertificates = "2026-11-01"
+	DefaultTimeout         = 30 * time.Second
 )
 
 // ClientConfig says where and how to reach DPS.
@@ -59,6 +63,7 @@ type Client struct {
 	timeout    time.Duration
 	http       *http.Client
 	log        *slog.Logger
+	csr        []byte // DER; sent as csr when not nil (WithCSR)
 }
 
 // NewClient checks cfg and builds a client with verified TLS (1.2 or
@@ -120,10 +125,23 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}, nil
 }
 
+// WithCSR returns a client like c whose registration bodies (challenge
+// and register) carry a certificate signing request (DER PKCS #10, subject
+// CN = the registration ID) as csr, so that an enrollment with a credential
+// policy issues an operational certificate
+// (Operation.State.IssuedCertificateChain). It needs APIVersionCertificates
+// or later. DPS's handling of csr on the challenge is undocumented; sending
+// it on both requests is safe. c itself is unchanged.
+func (c *Client) WithCSR(der []byte) *Client {
+	cc := *c
+	cc.csr = bytes.Clone(der)
+	return &cc
+}
+
 // Challenge sends the first PUT, without Authorization (§5.1), and returns
 // the 401 challenge. payload, when not nil, is the custom allocation JSON.
 func (c *Client) Challenge(ctx context.Context, regID string, ek, srk []byte, payload json.RawMessage) (*Challenge, error) {
-	body, err := registerBody(regID, ek, srk, payload)
+	body, err := registerBody(regID, ek, srk, payload, c.csr)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +182,7 @@ func (c *Client) ServerTime(ctx context.Context) (time.Time, error) {
 // Register sends the authenticated PUT with the same body as the challenge
 // request and returns the operation DPS started (or finished).
 func (c *Client) Register(ctx context.Context, regID string, ek, srk []byte, payload json.RawMessage, sas string) (*Operation, error) {
-	body, err := registerBody(regID, ek, srk, payload)
+	body, err := registerBody(regID, ek, srk, payload, c.csr)
 	if err != nil {
 		return nil, err
 	}
@@ -202,8 +220,9 @@ func (c *Client) registerPath(regID string) string {
 }
 
 // registerBody is DeviceRegistration with the TPM attestation (§5.1): both
-// publics as standard base64 of the marshalled TPM2B_PUBLIC.
-func registerBody(regID string, ek, srk []byte, payload json.RawMessage) ([]byte, error) {
+// publics as standard base64 of the marshalled TPM2B_PUBLIC; the csr, when
+// asked for, as standard base64 of the DER request.
+func registerBody(regID string, ek, srk []byte, payload json.RawMessage, csrDER []byte) ([]byte, error) {
 	if err := ValidRegistrationID(regID); err != nil {
 		return nil, err
 	}
@@ -213,6 +232,10 @@ func registerBody(regID string, ek, srk []byte, payload json.RawMessage) ([]byte
 	if len(payload) != 0 && !json.Valid(payload) {
 		return nil, errors.New("registering: payload is not valid JSON")
 	}
+	var csr string
+	if csrDER != nil {
+		csr = base64.StdEncoding.EncodeToString(csrDER)
+	}
 	type tpmAttestation struct {
 		EndorsementKey string `json:"endorsementKey"`
 		StorageRootKey string `json:"storageRootKey"`
@@ -221,6 +244,7 @@ func registerBody(regID string, ek, srk []byte, payload json.RawMessage) ([]byte
 		RegistrationID string          `json:"registrationId"`
 		TPM            tpmAttestation  `json:"tpm"`
 		Payload        json.RawMessage `json:"payload,omitempty"`
+		CSR            string          `json:"csr,omitempty"`
 	}{
 		RegistrationID: regID,
 		TPM: tpmAttestation{
@@ -228,6 +252,7 @@ func registerBody(regID string, ek, srk []byte, payload json.RawMessage) ([]byte
 			StorageRootKey: base64.StdEncoding.EncodeToString(srk),
 		},
 		Payload: payload,
+		CSR:     csr,
 	})
 }
 

@@ -372,6 +372,10 @@ func TestParseOperationRejects(t *testing.T) {
 		{"device ID with a wildcard", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a#`, 1)},
 		{"blob not base64", strings.Replace(assigned, `"authenticationKey": "ADQA`, `"authenticationKey": "*DQA`, 1)},
 		{"errorCode wrong type", `{"operationId":"1","status":"failed","registrationState":{"errorCode":"x"}}`},
+		{"chain element not base64", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": ["*x"], "etag"`, 1)},
+		{"chain element empty", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [""], "etag"`, 1)},
+		{"chain too long", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [`+strings.Repeat(`"AA==",`, maxChain)+`"AA=="], "etag"`, 1)},
+		{"chain not an array", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": "AA==", "etag"`, 1)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -624,6 +628,72 @@ func TestServerTime(t *testing.T) {
 			}
 			if !tc.ok && !errors.Is(err, ErrProtocol) {
 				t.Errorf("ServerTime without a Date: %v, want ErrProtocol", err)
+			}
+		})
+	}
+}
+
+// TestCSRAndChain: WithCSR puts the DER request, base64, into both
+// registration bodies, leaves the original client's bodies alone, and an
+// issued chain comes back decoded, leaf first.
+func TestCSRAndChain(t *testing.T) {
+	csr := []byte{0x30, 0x82, 0x01, 0x02}
+	for _, tc := range []struct {
+		name    string
+		withCSR bool
+		want    any
+	}{
+		{"with csr", true, base64.StdEncoding.EncodeToString(csr)},
+		{"without", false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var bodies []map[string]any
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				var b map[string]any
+				if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+					t.Errorf("body: %v", err)
+				}
+				bodies = append(bodies, b)
+				if r.Header.Get("Authorization") == "" {
+					w.WriteHeader(http.StatusUnauthorized)
+					w.Write(loadRecorded(t, "challenge-401").body())
+					return
+				}
+				w.WriteHeader(http.StatusOK)
+				w.Write([]byte(strings.Replace(string(loadRecorded(t, "poll-200-assigned").Body), `"etag"`, `"issuedCertificateChain": ["AQI=", "AwQ="], "etag"`, 1)))
+			}))
+			defer srv.Close()
+			pool := x509.NewCertPool()
+			pool.AddCert(srv.Certificate())
+			base, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, APIVersion: APIVersionCertificates, RootCAs: pool})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := base
+			if tc.withCSR {
+				c = base.WithCSR(csr)
+			}
+			if _, err := c.Challenge(t.Context(), testRegID, testEK, testSRK, nil); err != nil {
+				t.Fatal(err)
+			}
+			op, err := c.Register(t.Context(), testRegID, testEK, testSRK, nil, testSAS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, b := range bodies {
+				if b["csr"] != tc.want {
+					t.Errorf("body %d: csr %v, want %v", i, b["csr"], tc.want)
+				}
+			}
+			if got := op.State.IssuedCertificateChain; len(got) != 2 || !bytes.Equal(got[0], []byte{1, 2}) || !bytes.Equal(got[1], []byte{3, 4}) {
+				t.Errorf("chain %x, want [0102 0304]", got)
+			}
+			// The client WithCSR came from still sends none.
+			if _, err := base.Challenge(t.Context(), testRegID, testEK, testSRK, nil); err != nil {
+				t.Fatal(err)
+			}
+			if last := bodies[len(bodies)-1]; last["csr"] != nil {
+				t.Errorf("the original client sent csr %v", last["csr"])
 			}
 		})
 	}

@@ -67,6 +67,11 @@ type RegistrationState struct {
 	CreatedAt    time.Time
 	LastUpdated  time.Time
 	ETag         string
+	// IssuedCertificateChain is the operational certificate DPS issued for
+	// the registration's csr: DER, leaf first, root last; nil when the
+	// enrollment has no credential policy or no csr was sent. Not checked
+	// here (daemon/x509cred verifies it).
+	IssuedCertificateChain [][]byte
 }
 
 // TPMResult is registrationState.tpm.
@@ -86,6 +91,9 @@ const (
 	maxDeviceID    = 128 // IoT Hub's limit
 	maxBlob        = 8192
 	maxKeyName     = 64
+	// maxChain: leaf, a few intermediates, root. The body bound (maxBody)
+	// limits their size.
+	maxChain = 8
 )
 
 // readBody reads at most maxBody bytes of a response.
@@ -159,6 +167,26 @@ func decodeBlob(field, s string) ([]byte, error) {
 	return b, nil
 }
 
+// decodeChain decodes issuedCertificateChain: at most maxChain non-empty
+// standard base64 certificates; nil when absent.
+func decodeChain(chain []string) ([][]byte, error) {
+	if len(chain) == 0 {
+		return nil, nil
+	}
+	if len(chain) > maxChain {
+		return nil, fmt.Errorf("%w: issuedCertificateChain of %d certificates, at most %d", ErrProtocol, len(chain), maxChain)
+	}
+	out := make([][]byte, len(chain))
+	for i, c := range chain {
+		der, err := base64.StdEncoding.Strict().DecodeString(c)
+		if err != nil || len(der) == 0 {
+			return nil, fmt.Errorf("%w: issuedCertificateChain[%d] is not base64 DER", ErrProtocol, i)
+		}
+		out[i] = der
+	}
+	return out, nil
+}
+
 // operationBody is RegistrationOperationStatus.
 type operationBody struct {
 	OperationID       string             `json:"operationId"`
@@ -182,6 +210,7 @@ type registrationState struct {
 	CreatedAt    *time.Time      `json:"createdDateTimeUtc"`
 	LastUpdated  *time.Time      `json:"lastUpdatedDateTimeUtc"`
 	ETag         string          `json:"etag"`
+	Chain        []string        `json:"issuedCertificateChain"`
 }
 
 // parseOperation reads a 200/202 body of the authenticated PUT or a poll.
@@ -226,6 +255,11 @@ func parseOperation(body []byte) (*Operation, error) {
 			}
 			st.TPM.AuthenticationKey = key
 		}
+		chain, err := decodeChain(rs.Chain)
+		if err != nil {
+			return nil, err
+		}
+		st.IssuedCertificateChain = chain
 		op.State = st
 	}
 	if op.Status == StatusAssigned {

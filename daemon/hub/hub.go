@@ -64,6 +64,11 @@ type Config struct {
 	RootCAs *x509.CertPool
 	// Sign computes HMAC-SHA256 with the device's identity key (in the TPM).
 	Sign sas.Signer
+	// Certificate, when set, authenticates the device by TLS client
+	// certificate (an operational certificate DPS issued, its key in the
+	// TPM) with an empty password instead of a SAS token; Sign and
+	// TokenTTL are then unused. A session lives until its notAfter.
+	Certificate *tls.Certificate
 	// TokenTTL is the lifetime of each token; 0 means DefaultTokenTTL.
 	TokenTTL time.Duration
 	// Now is the clock tokens are dated by; nil means time.Now.
@@ -92,8 +97,11 @@ func Check(ctx context.Context, cfg Config, reported map[string]any) (time.Durat
 }
 
 func (cfg Config) validate() error {
-	if cfg.Hub == "" || cfg.DeviceID == "" || cfg.Sign == nil {
-		return errors.New("hub config: hub, device ID and signer are required")
+	if cfg.Hub == "" || cfg.DeviceID == "" || (cfg.Sign == nil && cfg.Certificate == nil) {
+		return errors.New("hub config: hub, device ID and a signer or certificate are required")
+	}
+	if cfg.Certificate != nil && cfg.Certificate.Leaf == nil {
+		return errors.New("hub config: the client certificate has no parsed Leaf")
 	}
 	return nil
 }
@@ -153,9 +161,18 @@ func connect(ctx context.Context, cfg Config, methods *Handlers) (*conn, time.Du
 
 	// se has whole seconds; renewal is planned from what the hub will see.
 	expiry := cfg.now().Add(ttl).Truncate(time.Second)
-	token, err := sas.New(ctx, cfg.Hub+"/devices/"+cfg.DeviceID, expiry, "", cfg.Sign)
-	if err != nil {
-		return nil, 0, signError{err}
+	var token string
+	tlsConf := &tls.Config{ServerName: cfg.Hub, RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
+	if cfg.Certificate != nil {
+		// The handshake proves the key; the hub closes the connection
+		// when the certificate expires.
+		tlsConf.Certificates = []tls.Certificate{*cfg.Certificate}
+		expiry = cfg.Certificate.Leaf.NotAfter
+	} else {
+		var err error
+		if token, err = sas.New(ctx, cfg.Hub+"/devices/"+cfg.DeviceID, expiry, "", cfg.Sign); err != nil {
+			return nil, 0, signError{err}
+		}
 	}
 
 	c := &conn{log: log, expiry: expiry, lost: make(chan struct{}), twin: map[string]chan twinAnswer{}}
@@ -163,12 +180,11 @@ func connect(ctx context.Context, cfg Config, methods *Handlers) (*conn, time.Du
 	if addr == "" {
 		addr = net.JoinHostPort(cfg.Hub, "8883")
 	}
-	tlsConf := &tls.Config{ServerName: cfg.Hub, RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	opts := paho.NewClientOptions().
 		AddBroker("tls://" + addr).
 		SetClientID(cfg.DeviceID).
 		SetUsername(cfg.Hub + "/" + cfg.DeviceID + "/?api-version=" + APIVersion).
-		SetPassword(token).
+		SetPassword(token). // empty with a certificate: no password at all
 		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
@@ -210,7 +226,11 @@ func connect(ctx context.Context, cfg Config, methods *Handlers) (*conn, time.Du
 		}
 		return nil, took, fmt.Errorf("connecting to hub %s at %s: %w", cfg.Hub, addr, err)
 	}
-	log.Info("connected to hub", "took", took, "tokenExpiry", expiry.UTC().Format(time.RFC3339))
+	expiryKey := "tokenExpiry"
+	if cfg.Certificate != nil {
+		expiryKey = "certificateExpiry"
+	}
+	log.Info("connected to hub", "took", took, expiryKey, expiry.UTC().Format(time.RFC3339))
 
 	subs := map[string]paho.MessageHandler{"$iothub/twin/res/#": c.onTwinAnswer}
 	if methods != nil {

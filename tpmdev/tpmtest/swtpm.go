@@ -43,6 +43,10 @@ func (i SwtpmInfo) Spec() string {
 	return "swtpm:" + i.Socket
 }
 
+// TCTI is the tpm2-tss TCTI string that reaches this swtpm, for tests that
+// run tpm2-tools against it as other software on the device would.
+func (i SwtpmInfo) TCTI() string { return i.tcti() }
+
 // tcti is the tpm2-tss TCTI string that reaches this swtpm.
 func (i SwtpmInfo) tcti() string {
 	if i.Addr != "" {

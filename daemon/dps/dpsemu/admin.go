@@ -20,6 +20,7 @@ const (
 	codeAdminBadRequest = 400000
 	codeAdminForbidden  = 403000
 	codeAdminNotFound   = 404000
+	codeAdminConflict   = 409000
 	codeDeviceOffline   = 404103 // IoT Hub's DeviceNotOnline
 	codeMethodTimeout   = 504101 // IoT Hub's GatewayTimeout for methods
 )
@@ -51,6 +52,10 @@ func (s *service) adminHandler() http.Handler {
 	mux.HandleFunc("GET /devices/{deviceId}", s.adminGetDevice)
 	mux.HandleFunc("DELETE /devices/{deviceId}", s.adminDeleteDevice)
 	mux.HandleFunc("POST /devices/{deviceId}/methods/{name}", s.adminInvokeMethod)
+	mux.HandleFunc("PUT /credentialPolicies/{name}", s.adminPutPolicy)
+	mux.HandleFunc("GET /credentialPolicies/{name}", s.adminGetPolicy)
+	mux.HandleFunc("DELETE /credentialPolicies/{name}", s.adminDeletePolicy)
+	mux.HandleFunc("GET /certificates/device-root", s.adminDeviceRoot)
 	mux.HandleFunc("PUT /faults", s.adminPutFaults)
 	mux.HandleFunc("GET /faults", s.adminGetFaults)
 	mux.HandleFunc("GET /stats", s.adminStats)
@@ -109,7 +114,8 @@ func (s *service) adminPutEnrollment(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusInternalServerError, codeInternal, "%v", err)
 		return
 	}
-	s.log.Info("enrollment stored", "registrationId", stored.RegistrationID, "created", created, "provisioningStatus", stored.ProvisioningStatus)
+	s.log.Info("enrollment stored", "registrationId", stored.RegistrationID, "created", created, "provisioningStatus", stored.ProvisioningStatus,
+		"credentialPolicyName", stored.CredentialPolicyName)
 	writeJSON(w, http.StatusOK, stored)
 }
 
@@ -125,13 +131,19 @@ func (s *service) adminGetEnrollment(w http.ResponseWriter, r *http.Request) {
 func (s *service) adminDeleteEnrollment(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("registrationId")
 	ok, err := s.deleteEnrollment(id)
+	s.answerDelete(w, "enrollment", "registrationId", id, ok, err)
+}
+
+// answerDelete answers an admin DELETE of the named thing: 204 when it
+// existed, 404 when not, 500 when the registry could not be written.
+func (s *service) answerDelete(w http.ResponseWriter, what, idKey, id string, ok bool, err error) {
 	switch {
 	case err != nil:
 		adminError(w, http.StatusInternalServerError, codeInternal, "%v", err)
 	case !ok:
-		adminError(w, http.StatusNotFound, codeAdminNotFound, "no enrollment %q", id)
+		adminError(w, http.StatusNotFound, codeAdminNotFound, "no %s %q", what, id)
 	default:
-		s.log.Info("enrollment deleted", "registrationId", id)
+		s.log.Info(what+" deleted", idKey, id)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -164,15 +176,7 @@ func (s *service) adminGetDevice(w http.ResponseWriter, r *http.Request) {
 func (s *service) adminDeleteDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("deviceId")
 	ok, err := s.deleteDevice(id)
-	switch {
-	case err != nil:
-		adminError(w, http.StatusInternalServerError, codeInternal, "%v", err)
-	case !ok:
-		adminError(w, http.StatusNotFound, codeAdminNotFound, "no device %q", id)
-	default:
-		s.log.Info("device deleted", "deviceId", id)
-		w.WriteHeader(http.StatusNoContent)
-	}
+	s.answerDelete(w, "device", "deviceId", id, ok, err)
 }
 
 // adminInvokeMethod sends the request body (JSON, or empty for none) as a

@@ -26,6 +26,9 @@ type deviceRegistration struct {
 	RegistrationID string          `json:"registrationId"`
 	TPM            *tpmKeys        `json:"tpm"`
 	Payload        json.RawMessage `json:"payload"`
+	// CSR is base64 of a DER PKCS #10 request (api-version 2026-11-01):
+	// with a credential policy on the enrollment, DPS issues a certificate.
+	CSR string `json:"csr"`
 }
 
 // tpmKeys carries base64 of the marshalled TPM2B_PUBLIC of the EK and SRK.
@@ -64,6 +67,9 @@ type registrationState struct {
 	LastUpdatedDateTimeUTC *time.Time      `json:"lastUpdatedDateTimeUtc,omitempty"`
 	ETag                   string          `json:"etag,omitempty"`
 	Payload                json.RawMessage `json:"payload,omitempty"`
+	// IssuedCertificateChain is base64 DER, leaf first, root last: the
+	// operational certificate issued for the registration's CSR.
+	IssuedCertificateChain []string `json:"issuedCertificateChain,omitempty"`
 }
 
 // tpmResult is TpmRegistrationResult: blob #2.
@@ -74,11 +80,13 @@ type tpmResult struct {
 // dpsRoute is a parsed DPS path.
 type dpsRoute struct {
 	idScope, regID string
-	opID           string // empty for register
+	opID           string // empty for register and lookup
+	lookup         bool   // the registration status lookup
 }
 
-// parseDPSPath splits /{idScope}/registrations/{regId}/register and
-// /{idScope}/registrations/{regId}/operations/{opId}, each segment
+// parseDPSPath splits /{idScope}/registrations/{regId}/register,
+// /{idScope}/registrations/{regId}/operations/{opId} and the status lookup
+// /{idScope}/registrations/{regId}, each segment
 // percent-decoded. ok is false for any other path.
 func parseDPSPath(u *url.URL) (r dpsRoute, ok bool) {
 	segs := strings.Split(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
@@ -90,6 +98,8 @@ func parseDPSPath(u *url.URL) (r dpsRoute, ok bool) {
 		segs[i] = v
 	}
 	switch {
+	case len(segs) == 3 && segs[1] == "registrations":
+		return dpsRoute{idScope: segs[0], regID: segs[2], lookup: true}, true
 	case len(segs) == 4 && segs[1] == "registrations" && segs[3] == "register":
 		return dpsRoute{idScope: segs[0], regID: segs[2]}, true
 	case len(segs) == 5 && segs[1] == "registrations" && segs[3] == "operations":
@@ -119,6 +129,8 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case routed && route.opID != "":
 		kind = statPoll
+	case routed && route.lookup:
+		kind = statLookup
 	case routed && r.Header.Get("Authorization") == "":
 		kind = statRegisterChallenge
 	case routed:
@@ -154,11 +166,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if err := s.serveDPS(sw, r, route, routed); err != nil {
 		if err.status == http.StatusMethodNotAllowed {
-			allow := http.MethodPut
-			if route.opID != "" {
-				allow = http.MethodGet
-			}
-			sw.Header().Set("Allow", allow)
+			sw.Header().Set("Allow", route.method())
 		}
 		s.log.Info("DPS request refused", "method", r.Method, "path", r.URL.Path, "status", err.status, "reason", err.message)
 		writeError(sw, err, time.Now())
@@ -172,10 +180,8 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 		return errorf(http.StatusNotFound, codeNotFound, "no such resource: %s", r.URL.Path)
 	case !strings.EqualFold(route.idScope, s.idScope):
 		return errorf(http.StatusNotFound, codeNotFound, "unknown ID scope %q", route.idScope)
-	case route.opID == "" && r.Method != http.MethodPut:
-		return errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "register takes PUT, not %s", r.Method)
-	case route.opID != "" && r.Method != http.MethodGet:
-		return errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "operations take GET, not %s", r.Method)
+	case r.Method != route.method():
+		return errorf(http.StatusMethodNotAllowed, codeMethodNotAllowed, "%s takes %s, not %s", route.what(), route.method(), r.Method)
 	}
 	if err := dps.ValidRegistrationID(route.regID); err != nil {
 		return errorf(http.StatusBadRequest, codeBadRequest, "%v", err)
@@ -199,6 +205,9 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 	if err != nil {
 		return err
 	}
+	if route.lookup {
+		return s.serveLookup(w, route.regID, auth, body, now)
+	}
 	ek, srk, err := decodeKeys(body.TPM)
 	if err != nil {
 		return err
@@ -218,12 +227,50 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 		})
 		return nil
 	}
-	opID, err := s.register(route.regID, auth, ek, srk, body.Payload, now)
+	opID, err := s.register(route.regID, auth, ek, srk, body.Payload, body.CSR, now)
 	if err != nil {
 		return err
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter))
 	writeJSON(w, http.StatusAccepted, operationStatus{OperationID: opID, Status: regAssigning})
+	return nil
+}
+
+// method is the HTTP method a route takes.
+func (r dpsRoute) method() string {
+	switch {
+	case r.opID != "":
+		return http.MethodGet
+	case r.lookup:
+		return http.MethodPost
+	}
+	return http.MethodPut
+}
+
+// what names a route in errors.
+func (r dpsRoute) what() string {
+	switch {
+	case r.opID != "":
+		return "operations"
+	case r.lookup:
+		return "the status lookup"
+	}
+	return "register"
+}
+
+// serveLookup answers the registration status lookup (POST
+// /{idScope}/registrations/{regId}): the last completed registration's
+// state, authenticated like a poll. It never carries a certificate chain,
+// and a csr in its body is refused, as DPS does.
+func (s *service) serveLookup(w http.ResponseWriter, regID, auth string, body deviceRegistration, now time.Time) *apiError {
+	if body.CSR != "" {
+		return errorf(http.StatusBadRequest, codeBadRequest, "csr is not accepted by the registration status lookup; send it with PUT register")
+	}
+	state, err := s.lookup(regID, auth, now)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, state)
 	return nil
 }
 

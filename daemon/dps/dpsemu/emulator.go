@@ -45,7 +45,8 @@ const (
 
 // Options configures the emulator.
 type Options struct {
-	// Dir holds ca.pem, ca-key.pem and registry.json; created if missing.
+	// Dir holds ca.pem, ca-key.pem, the device-root and device-ca pairs
+	// and registry.json; created if missing.
 	Dir string
 	// IDScope is the DPS ID scope devices must use.
 	IDScope string
@@ -78,13 +79,14 @@ type Addrs struct {
 // Emulator is a running DPS + IoT Hub emulator. Start it with Start; stop
 // it with Close.
 type Emulator struct {
-	addrs  Addrs
-	caPath string
-	roots  *x509.CertPool
-	svc    *service
-	hub    *hubemu.Server
-	dps    *http.Server
-	admin  *http.Server
+	addrs       Addrs
+	caPath      string
+	roots       *x509.CertPool
+	deviceRoots *x509.CertPool
+	svc         *service
+	hub         *hubemu.Server
+	dps         *http.Server
+	admin       *http.Server
 
 	failed    chan error // the first unexpected Serve error
 	wg        sync.WaitGroup
@@ -107,7 +109,11 @@ func Start(opts Options) (*Emulator, error) {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
 	now := time.Now()
-	ca, err := loadOrCreateCA(opts.Dir, now)
+	ca, err := loadOrCreateCA(opts.Dir, caFiles{cert: caCertFile, key: caKeyFile, name: "dpsemu test CA"}, now)
+	if err != nil {
+		return nil, err
+	}
+	devices, err := loadOrCreateIssuer(opts.Dir, now)
 	if err != nil {
 		return nil, err
 	}
@@ -148,11 +154,18 @@ func Start(opts Options) (*Emulator, error) {
 	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.cert)
+	deviceRoots := x509.NewCertPool()
+	deviceRoots.AddCert(devices.root.cert)
 
+	// The hub asks every device for a certificate; SAS devices send none,
+	// and hubemu, not the handshake, judges those that do.
+	hubTLS := tlsConfig.Clone()
+	hubTLS.ClientAuth = tls.RequestClientCert
 	hub := hubemu.New(hubemu.Options{
 		Log:           log.With("side", "hub"),
 		Hubs:          hubs,
-		TLS:           tlsConfig.Clone(),
+		TLS:           hubTLS,
+		ClientCAs:     deviceRoots,
 		MethodTimeout: opts.MethodTimeout,
 	})
 	polls := DefaultAssignAfterPolls
@@ -165,6 +178,7 @@ func Start(opts Options) (*Emulator, error) {
 		idScope:          opts.IDScope,
 		hubs:             hubs,
 		hub:              hub,
+		issuer:           devices,
 		faults:           &faultState{},
 		stats:            newStats(),
 		assignAfterPolls: polls,
@@ -182,11 +196,12 @@ func Start(opts Options) (*Emulator, error) {
 	dpsTLS.NextProtos = []string{"http/1.1"}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	e := &Emulator{
-		addrs:  Addrs{DPS: dpsLn.Addr().String(), Hub: hubLn.Addr().String(), Admin: adminLn.Addr().String()},
-		caPath: filepath.Join(opts.Dir, caCertFile),
-		roots:  roots,
-		svc:    svc,
-		hub:    hub,
+		addrs:       Addrs{DPS: dpsLn.Addr().String(), Hub: hubLn.Addr().String(), Admin: adminLn.Addr().String()},
+		caPath:      filepath.Join(opts.Dir, caCertFile),
+		roots:       roots,
+		deviceRoots: deviceRoots,
+		svc:         svc,
+		hub:         hub,
 		dps: &http.Server{
 			Handler:           svc,
 			ReadHeaderTimeout: readHeaderTimeout,
@@ -231,6 +246,10 @@ func (e *Emulator) CAPath() string { return e.caPath }
 
 // RootCAs returns a pool holding the emulator's CA, for in-process clients.
 func (e *Emulator) RootCAs() *x509.CertPool { return e.roots }
+
+// DeviceRootCAs returns a pool holding the root of the operational
+// certificates the emulator issues (GET /certificates/device-root).
+func (e *Emulator) DeviceRootCAs() *x509.CertPool { return e.deviceRoots }
 
 // Stats returns the DPS request counts, as GET /stats does.
 func (e *Emulator) Stats() map[string]int { return e.svc.stats.snapshot() }

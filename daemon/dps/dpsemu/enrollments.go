@@ -81,6 +81,9 @@ func (s *service) putEnrollment(pathID string, e Enrollment, now time.Time) (Enr
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, ok := s.data.CredentialPolicies[e.CredentialPolicyName]; e.CredentialPolicyName != "" && !ok {
+		return Enrollment{}, false, fmt.Errorf("%w: credentialPolicyName %q: no such credential policy (PUT /credentialPolicies/{name} first)", errEnrollment, e.CredentialPolicyName)
+	}
 	key := regKey(pathID)
 	old, existed := s.data.Enrollments[key]
 	e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC = now.UTC(), now.UTC()
@@ -129,13 +132,16 @@ func (s *service) deviceOfLocked(key string) (string, *deviceRecord) {
 
 // validDeviceID applies IoT Hub's rule for device IDs: up to 128 ASCII
 // letters, digits and `- . % _ ; : ! ' ( ) * + = @ $ ,`.
-func validDeviceID(id string) bool {
-	if id == "" || len(id) > 128 {
+func validDeviceID(id string) bool { return validName(id, 128, "-.%_;:!'()*+=@$,") }
+
+// validName: 1 to max ASCII letters, digits and bytes of punct.
+func validName(s string, max int, punct string) bool {
+	if s == "" || len(s) > max {
 		return false
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.%_;:!'()*+=@$,", c) >= 0) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(punct, c) >= 0) {
 			return false
 		}
 	}
@@ -202,7 +208,12 @@ func (s *service) deleteDevice(deviceID string) (bool, error) {
 // encoded as DPS's etags are.
 func enrollmentETag(e *Enrollment) string {
 	h := sha256.New()
-	for _, f := range []string{e.Attestation.TPM.EndorsementKey, e.DeviceID, strings.ToLower(e.IoTHubHostName), e.ProvisioningStatus, string(e.InitialTwin)} {
+	fields := []string{e.Attestation.TPM.EndorsementKey, e.DeviceID, strings.ToLower(e.IoTHubHostName), e.ProvisioningStatus, string(e.InitialTwin)}
+	if e.CredentialPolicyName != "" {
+		// Only when set, so that the etags of older enrollments stay.
+		fields = append(fields, e.CredentialPolicyName)
+	}
+	for _, f := range fields {
 		fmt.Fprintf(h, "%d:%s;", len(f), f)
 	}
 	return base64.StdEncoding.EncodeToString([]byte(`"` + hex.EncodeToString(h.Sum(nil)[:16]) + `"`))

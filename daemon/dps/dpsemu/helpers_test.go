@@ -253,6 +253,7 @@ type wireOperation struct {
 		LastUpdatedDateTimeUTC string          `json:"lastUpdatedDateTimeUtc"`
 		ETag                   string          `json:"etag"`
 		Payload                json.RawMessage `json:"payload"`
+		IssuedCertificateChain []string        `json:"issuedCertificateChain"`
 	} `json:"registrationState"`
 }
 

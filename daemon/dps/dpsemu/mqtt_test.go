@@ -31,7 +31,14 @@ const (
 // sends CONNECT as an IoT Hub device (§10). It returns the CONNACK code; the
 // client is nil unless the connection was accepted.
 func mqttConnect(addr, hub, deviceID, password string, roots *x509.CertPool) (*mqttClient, byte, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, &tls.Config{ServerName: hub, RootCAs: roots})
+	return mqttConnectTLS(addr, hub, deviceID, password, &tls.Config{ServerName: hub, RootCAs: roots})
+}
+
+// mqttConnectTLS is mqttConnect with the caller's TLS configuration (a
+// client certificate); an empty password is left out of the CONNECT, as an
+// X.509 device does.
+func mqttConnectTLS(addr, hub, deviceID, password string, cfg *tls.Config) (*mqttClient, byte, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cfg)
 	if err != nil {
 		return nil, 0, fmt.Errorf("dialing hub: %w", err)
 	}
@@ -39,10 +46,16 @@ func mqttConnect(addr, hub, deviceID, password string, roots *x509.CertPool) (*m
 	c := &mqttClient{conn: conn, r: bufio.NewReader(conn)}
 	var vh []byte
 	vh = appendString(vh, "MQTT")
-	vh = append(vh, 4, 0xC2, 0, 60) // level 4; user name, password, clean session; keep-alive 60 s
+	flags := byte(0xC2) // user name, password, clean session
+	if password == "" {
+		flags = 0x82
+	}
+	vh = append(vh, 4, flags, 0, 60) // level 4; keep-alive 60 s
 	vh = appendString(vh, deviceID)
 	vh = appendString(vh, hub+"/"+deviceID+"/?api-version=2021-04-12")
-	vh = appendString(vh, password)
+	if password != "" {
+		vh = appendString(vh, password)
+	}
 	if err := c.send(0x10, vh); err != nil {
 		conn.Close()
 		return nil, 0, err

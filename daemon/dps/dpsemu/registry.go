@@ -27,6 +27,10 @@ type Enrollment struct {
 	IoTHubHostName     string          `json:"iotHubHostName,omitempty"`
 	ProvisioningStatus string          `json:"provisioningStatus"`
 	InitialTwin        json.RawMessage `json:"initialTwin,omitempty"`
+	// CredentialPolicyName names the CredentialPolicy under which a
+	// registration that sends a CSR gets an operational certificate;
+	// empty: the CSR is ignored.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 	// ETag is derived from the fields above, so that putting the same
 	// enrollment again does not count as a change.
 	ETag                   string    `json:"etag,omitempty"`
@@ -88,14 +92,17 @@ type registryData struct {
 	Enrollments   map[string]*Enrollment   `json:"enrollments"`
 	Registrations map[string]*Registration `json:"registrations"`
 	Devices       map[string]*deviceRecord `json:"devices"`
+	// CredentialPolicies are keyed by name.
+	CredentialPolicies map[string]*CredentialPolicy `json:"credentialPolicies,omitempty"`
 }
 
 func newRegistryData() *registryData {
 	return &registryData{
-		Version:       registryVersion,
-		Enrollments:   map[string]*Enrollment{},
-		Registrations: map[string]*Registration{},
-		Devices:       map[string]*deviceRecord{},
+		Version:            registryVersion,
+		Enrollments:        map[string]*Enrollment{},
+		Registrations:      map[string]*Registration{},
+		Devices:            map[string]*deviceRecord{},
+		CredentialPolicies: map[string]*CredentialPolicy{},
 	}
 }
 
@@ -125,6 +132,9 @@ func loadRegistry(dir string) (*registryData, error) {
 	}
 	if d.Devices == nil {
 		d.Devices = map[string]*deviceRecord{}
+	}
+	if d.CredentialPolicies == nil {
+		d.CredentialPolicies = map[string]*CredentialPolicy{}
 	}
 	return d, nil
 }

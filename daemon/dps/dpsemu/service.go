@@ -2,8 +2,12 @@ package dpsemu
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -63,6 +67,7 @@ type operation struct {
 	id        string
 	regKey    string
 	payload   json.RawMessage
+	csr       *x509.CertificateRequest // checked; nil unless a certificate is due
 	pollsLeft int
 	// ch is the challenge whose key authenticated the operation: its polls
 	// are verified against it, so that a newer challenge (a device that
@@ -82,6 +87,7 @@ type service struct {
 	idScope          string
 	hubs             []string
 	hub              *hubemu.Server
+	issuer           *issuer // signs operational certificates
 	faults           *faultState
 	stats            *stats
 	assignAfterPolls int // default number of "assigning" polls
@@ -110,6 +116,7 @@ func (s *service) repopulateHub() {
 			continue
 		}
 		s.hub.UpsertDevice(hub, id, d.Key)
+		s.hub.SetCertificateName(id, d.RegistrationID)
 		if d.Disabled {
 			s.hub.SetDeviceEnabled(id, false)
 		}
@@ -229,8 +236,10 @@ func (s *service) parseAuthorization(authorization string) (sas.Token, *apiError
 }
 
 // register answers an authenticated PUT register: it starts an operation
-// (§11.2). tpm, when the body carries it, must name the challenged keys.
-func (s *service) register(regID, authorization string, ek, srk []byte, payload json.RawMessage, now time.Time) (string, *apiError) {
+// (§11.2). tpm, when the body carries it, must name the challenged keys. A
+// csr is checked when the enrollment names a credential policy, and
+// ignored otherwise.
+func (s *service) register(regID, authorization string, ek, srk []byte, payload json.RawMessage, csrB64 string, now time.Time) (string, *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ch, aerr := s.authorizeLocked(regID, authorization, now)
@@ -241,8 +250,15 @@ func (s *service) register(regID, authorization string, ek, srk []byte, payload 
 		return "", errorf(http.StatusUnauthorized, codeUnauthorized, "tpm keys differ from the ones challenged")
 	}
 	key := regKey(regID)
-	if _, ok := s.data.Enrollments[key]; !ok {
+	enr, ok := s.data.Enrollments[key]
+	if !ok {
 		return "", errorf(http.StatusUnauthorized, codeUnauthorized, "registration %s is not enrolled", regID)
+	}
+	var csr *x509.CertificateRequest
+	if csrB64 != "" && enr.CredentialPolicyName != "" {
+		if csr, aerr = parseCSR(csrB64, regID); aerr != nil {
+			return "", aerr
+		}
 	}
 
 	reg := s.pending[key]
@@ -264,6 +280,7 @@ func (s *service) register(regID, authorization string, ek, srk []byte, payload 
 		id:        newOperationID(),
 		regKey:    key,
 		payload:   payload,
+		csr:       csr,
 		pollsLeft: s.faults.assignAfterPolls(s.assignAfterPolls),
 		ch:        ch,
 	}
@@ -403,6 +420,10 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 	if s.faults.garbleKey() {
 		garble(blob)
 	}
+	chain, aerr := s.issueLocked(enr, op.csr, now)
+	if aerr != nil {
+		return nil, aerr
+	}
 
 	reg.Substatus = subInitial
 	var oldDevice string
@@ -440,8 +461,15 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 		s.hub.DeleteDevice(oldDevice)
 	}
 	s.hub.UpsertDevice(hub, deviceID, hubKey)
+	s.hub.SetCertificateName(deviceID, enr.RegistrationID)
 	s.stats.add(statAssigned)
 	s.log.Info("device assigned", "registrationId", enr.RegistrationID, "deviceId", deviceID, "hub", hub, "substatus", reg.Substatus, "attempts", reg.Attempts)
+	if chain != nil {
+		// Counted once delivered: a registry write that failed above
+		// issues again at the next poll.
+		s.stats.add(statCertificates)
+		s.log.Info("certificate issued", "registrationId", enr.RegistrationID, "policy", enr.CredentialPolicyName)
+	}
 
 	state := &registrationState{
 		TPM:                    &tpmResult{AuthenticationKey: base64.StdEncoding.EncodeToString(blob)},
@@ -454,8 +482,88 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 		LastUpdatedDateTimeUTC: &reg.LastUpdatedDateTimeUTC,
 		ETag:                   reg.ETag,
 		Payload:                op.payload,
+		IssuedCertificateChain: chain,
 	}
 	return state, nil
+}
+
+// issueLocked issues the operational certificate of an assignment: for an
+// enrollment whose credential policy still exists and a checked CSR, the
+// chain (base64 DER, leaf first); nil otherwise.
+func (s *service) issueLocked(enr *Enrollment, csr *x509.CertificateRequest, now time.Time) ([]string, *apiError) {
+	policy, ok := s.data.CredentialPolicies[enr.CredentialPolicyName]
+	if csr == nil || enr.CredentialPolicyName == "" || !ok {
+		return nil, nil
+	}
+	ders, err := s.issuer.issue(csr, policy.lifetime(), now)
+	if err != nil {
+		return nil, errorf(http.StatusInternalServerError, codeInternal, "%v", err)
+	}
+	chain := make([]string, len(ders))
+	for i, der := range ders {
+		chain[i] = base64.StdEncoding.EncodeToString(der)
+	}
+	return chain, nil
+}
+
+// parseCSR decodes and checks a registration's csr: base64 of a DER PKCS
+// #10 request (no PEM), correctly self-signed, for a P-256/P-384 or RSA
+// (2048 bits or more) key, with the registration ID as its common name.
+func parseCSR(b64, regID string) (*x509.CertificateRequest, *apiError) {
+	der, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr is not base64 (send the DER request, without PEM armour): %v", err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr is not a DER PKCS#10 request: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr signature does not verify: %v", err)
+	}
+	switch k := csr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr key is on %s; want P-256 or P-384", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr key is RSA-%d; want 2048 bits or more", k.N.BitLen())
+		}
+	default:
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr key is %T; want ECDSA or RSA", csr.PublicKey)
+	}
+	if !strings.EqualFold(csr.Subject.CommonName, regID) {
+		return nil, errorf(http.StatusBadRequest, codeBadRequest, "csr subject CN %q must be the registration ID %q", csr.Subject.CommonName, regID)
+	}
+	return csr, nil
+}
+
+// lookup answers the status lookup: the persisted registration's state,
+// without blob #2 or a certificate chain, to a caller whose SAS verifies
+// against the latest challenge.
+func (s *service) lookup(regID, authorization string, now time.Time) (*registrationState, *apiError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, aerr := s.authorizeLocked(regID, authorization, now); aerr != nil {
+		return nil, aerr
+	}
+	reg, ok := s.data.Registrations[regKey(regID)]
+	if !ok {
+		return nil, errorf(http.StatusNotFound, codeNotFound, "no registration for %s", regID)
+	}
+	return &registrationState{
+		RegistrationID:         reg.RegistrationID,
+		CreatedDateTimeUTC:     &reg.CreatedDateTimeUTC,
+		AssignedHub:            reg.AssignedHub,
+		DeviceID:               reg.DeviceID,
+		Status:                 reg.Status,
+		Substatus:              reg.Substatus,
+		ErrorCode:              reg.ErrorCode,
+		ErrorMessage:           reg.ErrorMessage,
+		LastUpdatedDateTimeUTC: &reg.LastUpdatedDateTimeUTC,
+		ETag:                   reg.ETag,
+	}, nil
 }
 
 // commitLocked makes reg the registration's persisted state and writes the

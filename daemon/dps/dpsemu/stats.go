@@ -13,11 +13,13 @@ const (
 	statRegisterChallenge = "register_challenge" // PUT register without Authorization
 	statRegister          = "register"           // PUT register with a SAS
 	statPoll              = "poll"               // GET operations/{id}
+	statLookup            = "lookup"             // POST registrations/{id}, the status lookup
 	statOther             = "other"              // anything else sent to the DPS endpoint
 	statThrottled         = "throttled"
 	statServerError       = "server_error"
 	statDropped           = "dropped"
 	statAssigned          = "assigned" // assignments completed (hub identity written)
+	statCertificates      = "certificates_issued"
 	statTotal             = "total"
 )
 

@@ -1,6 +1,7 @@
 package hubemu
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -13,14 +14,20 @@ import (
 // grant is what an accepted CONNECT proves.
 type grant struct {
 	deviceID string
-	expiry   time.Time // of the token; the connection lives until expiry+grace
+	// until is when the credential runs out and the connection is closed:
+	// a token's expiry plus the grace, a certificate's notAfter.
+	until time.Time
+	// by says how the device authenticated, for the log.
+	by string
 }
 
 // authenticateLocked checks a CONNECT against the registry (§10): client ID
-// = device ID, user name "{hub}/{deviceId}/?api-version=…", password a
-// device-scoped SAS token (§4.2) signed with the device's key. The error
+// = device ID, user name "{hub}/{deviceId}/?api-version=…", and either a
+// password that is a device-scoped SAS token (§4.2) signed with the
+// device's key, or an empty password and a TLS client certificate (peer,
+// leaf first) that chains to ClientCAs and names the device. The error
 // says why, for the log; it never contains the token.
-func (s *Server) authenticateLocked(clientID, username, password string, now time.Time) (grant, error) {
+func (s *Server) authenticateLocked(clientID, username, password string, peer []*x509.Certificate, now time.Time) (grant, error) {
 	hub, deviceID, err := parseUsername(username)
 	if err != nil {
 		return grant{}, err
@@ -40,6 +47,9 @@ func (s *Server) authenticateLocked(clientID, username, password string, now tim
 	case !strings.EqualFold(d.hub, hub):
 		return grant{}, fmt.Errorf("device belongs to hub %q", d.hub)
 	}
+	if password == "" {
+		return s.authenticateCertificate(deviceID, d, peer, now)
+	}
 	tok, err := sas.Parse(password)
 	if err != nil {
 		return grant{}, fmt.Errorf("password: %w", err)
@@ -51,7 +61,36 @@ func (s *Server) authenticateLocked(clientID, username, password string, now tim
 	if err := tok.Verify(d.key, d.hub+"/devices/"+deviceID, now, s.grace); err != nil {
 		return grant{}, fmt.Errorf("token: %w", err)
 	}
-	return grant{deviceID: deviceID, expiry: tok.Expiry}, nil
+	return grant{deviceID: deviceID, until: tok.Expiry.Add(s.grace), by: "sas"}, nil
+}
+
+// authenticateCertificate accepts a client certificate that verifies to
+// ClientCAs at now, for client authentication, whose common name is the
+// name the device's certificates carry (its registration ID).
+func (s *Server) authenticateCertificate(deviceID string, d *device, peer []*x509.Certificate, now time.Time) (grant, error) {
+	switch {
+	case len(peer) == 0:
+		return grant{}, errors.New("empty password and no client certificate")
+	case s.clientCAs == nil:
+		return grant{}, errors.New("client certificate offered, but this hub trusts no device CA")
+	}
+	leaf := peer[0]
+	inter := x509.NewCertPool()
+	for _, c := range peer[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         s.clientCAs,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return grant{}, fmt.Errorf("client certificate: %w", err)
+	}
+	if want := d.certName(deviceID); !strings.EqualFold(leaf.Subject.CommonName, want) {
+		return grant{}, fmt.Errorf("client certificate names %q, want %q", leaf.Subject.CommonName, want)
+	}
+	return grant{deviceID: deviceID, until: leaf.NotAfter, by: "x509"}, nil
 }
 
 // parseUsername splits "{hub}/{deviceId}/?api-version=V[&…]" and the old

@@ -39,7 +39,7 @@ func FuzzAuthenticate(f *testing.F) {
 	s.UpsertDevice(hub, device, key)
 	f.Fuzz(func(t *testing.T, clientID, username, password string) {
 		s.mu.Lock()
-		g, err := s.authenticateLocked(clientID, username, password, now)
+		g, err := s.authenticateLocked(clientID, username, password, nil, now)
 		s.mu.Unlock()
 		if err != nil {
 			return

@@ -2,6 +2,8 @@ package hubemu
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -50,7 +52,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	s := h.s
 	s.mu.Lock()
-	_, err := s.authenticateLocked(cl.ID, string(pk.Connect.Username), string(pk.Connect.Password), time.Now())
+	_, err := s.authenticateLocked(cl.ID, string(pk.Connect.Username), string(pk.Connect.Password), peerCertificates(cl), time.Now())
 	s.mu.Unlock()
 	if err != nil {
 		s.log.Info("CONNECT refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", err.Error())
@@ -67,7 +69,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	s := h.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g, err := s.authenticateLocked(cl.ID, string(pk.Connect.Username), string(pk.Connect.Password), time.Now())
+	g, err := s.authenticateLocked(cl.ID, string(pk.Connect.Username), string(pk.Connect.Password), peerCertificates(cl), time.Now())
 	if err != nil {
 		cl.Stop(err)
 		s.log.Info("device connection closed", "device", cl.ID, "reason", err.Error())
@@ -78,16 +80,26 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		// ID); its timer must not outlive it.
 		old.expire.Stop()
 	}
-	expire := time.AfterFunc(time.Until(g.expiry.Add(s.grace)), func() {
+	expire := time.AfterFunc(time.Until(g.until), func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if sess, ok := s.live[g.deviceID]; ok && sess.client == cl {
-			s.dropLocked(g.deviceID, "token expired")
+			s.dropLocked(g.deviceID, "credential expired")
 		}
 	})
 	s.live[g.deviceID] = &session{client: cl, expire: expire}
-	s.log.Info("device connected", "device", g.deviceID, "remote", cl.Net.Remote,
-		"tokenExpiry", g.expiry.UTC().Format(time.RFC3339))
+	s.log.Info("device connected", "device", g.deviceID, "remote", cl.Net.Remote, "auth", g.by,
+		"until", g.until.UTC().Format(time.RFC3339))
+}
+
+// peerCertificates is the client certificate chain the connection's TLS
+// handshake presented (unverified: the hub requests, not requires, one).
+func peerCertificates(cl *mqtt.Client) []*x509.Certificate {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	return tc.ConnectionState().PeerCertificates
 }
 
 // OnDisconnect forgets the connection unless a newer one replaced it.

@@ -1,7 +1,9 @@
 // Package hubemu is the IoT Hub side of the emulator: an embedded MQTT
 // broker (mochi-mqtt) that speaks to devices the way Azure IoT Hub does
 // (docs/dps-tpm-protocol.md §4.2 and §10). It authenticates every CONNECT
-// with the device's SAS token, allows one connection per device, confines
+// with the device's SAS token, or, when the password is empty, with a TLS
+// client certificate that chains to Options.ClientCAs and names the device
+// (docs/dps-x509-issuance.md §4); it allows one connection per device, confines
 // each device to its own topics, answers twin GET and reported PATCH, and
 // lets the emulator's admin API invoke direct methods.
 //
@@ -12,7 +14,8 @@
 //     and one log line with the reason.
 //   - A token is accepted up to TokenGrace after its expiry, and the
 //     connection is closed once that has passed too: MQTT cannot carry a
-//     new token, so clients reconnect to renew, as with the real hub.
+//     new token, so clients reconnect to renew, as with the real hub. A
+//     connection authenticated by certificate is closed at its notAfter.
 //   - Deleting or disabling a device, or replacing its hub or key, closes
 //     its connection.
 //   - A publish outside the device's topics, or at QoS 2, closes the
@@ -32,6 +35,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,8 +92,14 @@ type Options struct {
 	// naming another hub is refused.
 	Hubs []string
 	// TLS is the server's TLS configuration (certificate for every hub
-	// name); required, since IoT Hub has no plain-text port.
+	// name); required, since IoT Hub has no plain-text port. For X.509
+	// devices its ClientAuth must request a client certificate without
+	// requiring or verifying one (tls.RequestClientCert): SAS devices
+	// present none, and the hub, not the handshake, decides (CONNACK 5).
 	TLS *tls.Config
+	// ClientCAs are the roots a device's client certificate must chain to
+	// when it connects with an empty password; nil: SAS only.
+	ClientCAs *x509.CertPool
 	// MethodTimeout bounds the wait for a direct method's answer;
 	// 0 means DefaultMethodTimeout.
 	MethodTimeout time.Duration
@@ -120,6 +130,7 @@ type Server struct {
 	log           *slog.Logger
 	hubs          []string
 	tls           *tls.Config
+	clientCAs     *x509.CertPool
 	methodTimeout time.Duration
 	grace         time.Duration
 	broker        *mqtt.Server
@@ -138,6 +149,7 @@ type Server struct {
 type device struct {
 	hub             string
 	key             []byte
+	certCN          string // the CN of its client certificates; "": the device ID
 	enabled         bool
 	reported        map[string]any
 	reportedVersion int
@@ -159,6 +171,7 @@ func New(opts Options) *Server {
 		log:           log,
 		hubs:          slices.Clone(opts.Hubs),
 		tls:           opts.TLS,
+		clientCAs:     opts.ClientCAs,
 		methodTimeout: cmp.Or(opts.MethodTimeout, DefaultMethodTimeout),
 		grace:         cmp.Or(opts.TokenGrace, DefaultTokenGrace),
 		done:          make(chan struct{}),
@@ -270,6 +283,25 @@ func (s *Server) UpsertDevice(hub, deviceID string, key []byte) {
 	d.hub = hub
 	d.key = slices.Clone(key)
 	d.enabled = true
+}
+
+// SetCertificateName sets the common name a device's client certificate
+// must carry (DPS issues them for the registration ID, which may differ
+// from the device ID); by default it is the device ID. It reports whether
+// the device exists.
+func (s *Server) SetCertificateName(deviceID, commonName string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[deviceID]
+	if ok {
+		d.certCN = commonName
+	}
+	return ok
+}
+
+// certName is the common name the device's client certificates carry.
+func (d *device) certName(deviceID string) string {
+	return cmp.Or(d.certCN, deviceID)
 }
 
 // DeleteDevice removes the device and its twin and closes its connection.

@@ -32,11 +32,16 @@ type Hub struct {
 }
 
 // Start serves an emulated hub for the test's duration. opts.Hubs names
-// the hubs (they go into the certificate); opts.TLS is filled in.
+// the hubs (they go into the certificate); opts.TLS is filled in, and asks
+// devices for a client certificate when opts.ClientCAs is set.
 func Start(t testing.TB, opts hubemu.Options) *Hub {
 	t.Helper()
 	cert, pool := certificate(t, append([]string{"localhost"}, opts.Hubs...))
 	opts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if opts.ClientCAs != nil {
+		// As dpsemu's hub: ask for a certificate, let hubemu judge it.
+		opts.TLS.ClientAuth = tls.RequestClientCert
+	}
 	srv := hubemu.New(opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
