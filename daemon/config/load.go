@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
 // DropInDir is the name of the drop-in directory, beside the main file.
@@ -45,6 +47,11 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// maxFileSize bounds each config file and drop-in: the reference config,
+// every key with its comment, is under 8 KiB. A larger file is refused
+// before it is read.
+const maxFileSize = 1 << 20
+
 // source is one config file as read from disk.
 type source struct {
 	name string
@@ -67,7 +74,7 @@ func Load(path string) (*Config, error) {
 // readSources reads the main file (if present) and the drop-ins.
 func readSources(path string) ([]source, error) {
 	var sources []source
-	data, err := os.ReadFile(path)
+	data, err := filelimit.Read(path, maxFileSize)
 	mainMissing := errors.Is(err, fs.ErrNotExist)
 	switch {
 	case err == nil:
@@ -86,7 +93,7 @@ func readSources(path string) ([]source, error) {
 			continue
 		}
 		name := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(name)
+		data, err := filelimit.Read(name, maxFileSize)
 		if err != nil {
 			return nil, fmt.Errorf("reading config drop-in: %w", err)
 		}

@@ -9,11 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -221,7 +221,9 @@ func readAuthFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(path)
+	// An auth value is at most a digest (64 bytes); the limit only keeps a
+	// wrong file from costing memory.
+	b, err := filelimit.Read(path, 4<<10)
 	if err != nil {
 		return nil, err
 	}
