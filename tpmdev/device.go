@@ -187,7 +187,10 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	start := time.Now()
 	t, end, err := d.conn.begin(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, ctx.Err())
+		}
+		return fmt.Errorf("%s: %w", op, unreachable(d.path, err))
 	}
 	err = f(&countingTPM{d: d, ctx: ctx, t: t})
 	end()
