@@ -203,7 +203,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrNotProvisioned):
 		writeJSON(w, http.StatusConflict, apitype.Error{
 			Error: err.Error(),
-			Fix:   "wait until it is (dpsd wait), then ask again",
+			Fix:   "wait until the device is provisioned (dpsd wait), then ask again",
 		})
 		return
 	case err != nil:

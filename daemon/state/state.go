@@ -106,6 +106,11 @@ type State struct {
 	// record belongs to; written by the engine before CommitIdentity, read
 	// at start to finish or undo an identity switch a crash interrupted.
 	IdentityDigest string `json:"identityDigest,omitempty"`
+	// OwnerAuthSealed is true when dpsd had set the TPM's owner auth, and
+	// kept it sealed in owner.auth, at registration. Written by the
+	// engine; read by `dpsd check` to tell a deleted owner.auth from a
+	// TPM someone else owns.
+	OwnerAuthSealed bool `json:"ownerAuthSealed,omitempty"`
 }
 
 // Store reads and writes the files in Dir. The zero Store is not usable;
