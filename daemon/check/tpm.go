@@ -276,8 +276,8 @@ func (r *run) nvFull(ctx context.Context, name, what string) (apitype.Check, boo
 		return apitype.Check{}, false
 	}
 	return fail(name, "no "+what+", and the TPM's NV memory has no room for another persistent key (TPM_PT_HR_PERSISTENT_AVAIL 0): dpsd cannot persist it",
-		"list the persistent handles (tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE); "+
-			"dpsd then creates it within check_interval, or at once after sudo dpsd reprovision"), true
+		"list the persistent handles (tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE), "+
+			"then run sudo dpsd reprovision"), true
 }
 
 // ownershipState reads the hierarchy flags once for the checks.

@@ -184,12 +184,22 @@ func TestOwnerAuthDeleted(t *testing.T) {
 	if !strings.Contains(line, ownerAuth) || !strings.Contains(line, "missing") || strings.Contains(line, "no SRK") {
 		t.Errorf("identity_handle failure %q, want it to name the missing %s", line, ownerAuth)
 	}
+	// The new record still knows whose the owner auth is.
+	d.waitFor("the re-registration", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+	})
+	if d.record()["ownerAuthSealed"] != true {
+		t.Errorf("the re-registration dropped ownerAuthSealed from state.json: %v", d.record())
+	}
+	if c := checkNamed(t, d.check(), "ownership"); c.Status != apitype.CheckFail {
+		t.Errorf("ownership check after the re-registration: %+v", c)
+	}
 }
 
 // TestNVFullAtFirstBoot: the TPM's NV memory is full when dpsd first
 // starts, so the SRK cannot be persisted. The status and `dpsd check` say
-// so and how to make room (not "dpsd creates it"), and making room is
-// noticed by itself.
+// so and how to make room (not "dpsd creates it"); doing what they say
+// provisions the device.
 func TestNVFullAtFirstBoot(t *testing.T) {
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
@@ -208,6 +218,9 @@ func TestNVFullAtFirstBoot(t *testing.T) {
 	}
 
 	mustTPM2(t, d, "tpm2_evictcontrol", "-Q", "-C", "o", "-c", fillerHandle(0))
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
 	d.waitProvisioned()
 }
 

@@ -76,12 +76,11 @@ func isPermanent(err error) bool {
 
 // fixedOnDevice reports whether a permanent error is one a technician
 // fixes on the device itself (a foreign key at dpsd's handle, an owner
-// dpsd does not know, full NV memory). Looking again costs a few TPM reads
-// and no DPS request, so the engine looks every check_interval instead of
-// waiting the permanent delay.
+// dpsd does not know). Looking again costs a few TPM reads and no DPS
+// request, so the engine looks every check_interval instead of waiting the
+// permanent delay. (Not full NV: each try generates a key in the TPM.)
 func fixedOnDevice(err error) bool {
-	return errors.Is(err, tpmdev.ErrForeignObject) || errors.Is(err, ErrOwnedByOther) ||
-		errors.Is(err, tpmdev.ErrNVFull) || errors.Is(err, errOwnerAuthMissing)
+	return errors.Is(err, tpmdev.ErrForeignObject) || errors.Is(err, ErrOwnedByOther) || errors.Is(err, errOwnerAuthMissing)
 }
 
 // advice is what the status adds to an error: what a technician can do.
@@ -91,8 +90,8 @@ func advice(err error) string {
 		return "start the TPM (for a software TPM: its swtpm process) or correct [tpm] device; dpsd retries by itself"
 	case errors.Is(err, tpmdev.ErrNVFull):
 		return "the TPM's NV memory is full, so dpsd cannot persist its key: list the persistent handles " +
-			"(tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE); " +
-			"dpsd notices within check_interval, or run `sudo dpsd reprovision` to retry now"
+			"(tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE), " +
+			"then run `sudo dpsd reprovision` to retry now"
 	case errors.Is(err, ErrTPMReplaced):
 		return "" // says what to do itself
 	case fixedOnDevice(err):

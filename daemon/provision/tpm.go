@@ -272,12 +272,17 @@ func (e *Engine) readOwnership(ctx context.Context, dev *tpmdev.Device) (tpmdev.
 	return own, nil
 }
 
-// ownerAuthSealed reports whether the TPM's owner auth is one dpsd set and
-// keeps in owner.auth (as last read: ensureOwnership runs before every
-// registration).
-func (e *Engine) ownerAuthSealed() bool {
+// ownerAuthSealed reports whether the TPM's owner auth (as last read:
+// ensureOwnership runs before every registration) is one dpsd set: its
+// sealed copy is in owner.auth, or the previous record prev said so and the
+// SRK, which a clear changes, is still srkName (a deleted owner.auth stays
+// on the record).
+func (e *Engine) ownerAuthSealed(prev *state.State, srkName string) bool {
 	if e.cfg.TPM.Ownership == config.OwnershipShared || !e.Status().TPM.OwnerAuthSet {
 		return false
+	}
+	if prev.OwnerAuthSealed && prev.SRKName == srkName {
+		return true
 	}
 	_, err := os.Stat(e.ownerAuthPath())
 	return err == nil
