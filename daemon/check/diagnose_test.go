@@ -2,6 +2,14 @@ package check_test
 
 import (
 	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,4 +44,26 @@ func TestUnreachableTPM(t *testing.T) {
 	for _, name := range []string{check.NameEK, check.NameSRK, check.NameOwnership, check.NameLockout, check.NameIdentityKey} {
 		expect(t, rep, name, apitype.CheckWarn, "not checked: the TPM does not answer")
 	}
+}
+
+// TestDPSHeadersBounded: the DPS probe, like the DPS client, refuses an
+// answer with megabytes of headers instead of holding them.
+func TestDPSHeadersBounded(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		junk := strings.Repeat("j", 1000)
+		for i := range 1000 {
+			w.Header().Set(fmt.Sprintf("X-Junk-%d", i), junk)
+		}
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the client hangs up mid-answer
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := offline(t)
+	cfg.Provisioning.GlobalEndpoint = srv.URL
+	cfg.Network.CAFile = caFile
+	rep := check.Run(context.Background(), check.Env{Config: cfg, TPMErr: errors.New("x"), ServiceUser: "root"})
+	expect(t, rep, check.NameDPSTLS, apitype.CheckFail, "headers exceeded")
 }
