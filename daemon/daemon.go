@@ -139,26 +139,42 @@ func (b *backend) Reprovision(context.Context) error {
 func (b *backend) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
 	tok, err := b.Engine.Token(ctx, ttl)
 	if errors.Is(err, provision.ErrNotProvisioned) {
-		err = fmt.Errorf("%w: %w", localapi.ErrNotProvisioned, err)
+		err = notProvisioned{err}
 	}
 	return tok, err
 }
 
+// notProvisioned is the engine's error, in its own words (a device never
+// provisioned, or one whose key was invalidated), as the socket's
+// ErrNotProvisioned.
+type notProvisioned struct{ error }
+
+func (notProvisioned) Is(target error) bool { return target == localapi.ErrNotProvisioned }
+
+func (n notProvisioned) Unwrap() error { return n.error }
+
 // Check runs the diagnostics on the daemon's own TPM connection (a second
 // opener could not share swtpm, and would race the engine on a device).
 func (b *backend) Check(ctx context.Context) apitype.CheckReport {
+	st := b.Engine.Status()
 	env := check.Env{
 		ConfigPath:  b.configPath,
 		Config:      b.cfg,
 		IdentityKey: b.Engine.CheckIdentity,
-		AssignedHub: b.Engine.Status().AssignedHub,
+		AssignedHub: st.AssignedHub,
 		ServiceUser: "dpsd",
 		BuildTime:   version.BuildTime(),
+	}
+	if rec, found, err := (state.Store{Dir: b.cfg.State.Dir}).Load(); err == nil && found {
+		env.OwnerAuthSealed = rec.OwnerAuthSealed
 	}
 	if dev := b.Engine.TPM(); dev != nil {
 		env.TPM = dev
 	} else {
 		env.TPMErr = errors.New("the daemon has not opened the TPM yet")
+		if st.LastError != nil {
+			env.TPMErr = fmt.Errorf("the daemon has not opened the TPM yet: %s", *st.LastError)
+		}
 	}
 	return check.Run(ctx, env)
 }

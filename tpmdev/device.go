@@ -221,7 +221,10 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	start := time.Now()
 	t, end, err := d.conn.begin(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, ctx.Err())
+		}
+		return fmt.Errorf("%s: %w", op, unreachable(d.path, err))
 	}
 	ct := &countingTPM{d: d, ctx: ctx, t: t, held: map[tpm2.TPMHandle]bool{}}
 	ct.sweepPending()

@@ -27,7 +27,20 @@ var (
 	// ErrTPMFull: the TPM has no room for one more object or session,
 	// and nothing this Device may flush was left (see Transients).
 	ErrTPMFull = errors.New("no room in the TPM for another object or session")
+	// ErrNVFull: the TPM has no room left in its NV memory for another
+	// persistent object or index (TPM_RC_NV_SPACE).
+	ErrNVFull = errors.New("TPM NV memory full")
+	// ErrUnreachable: the TPM could not be reached at all (the socket of a
+	// software TPM whose process is not running); no command was sent.
+	ErrUnreachable = errors.New("TPM unreachable")
 )
+
+// unreachable is the error of a TPM that could not be connected to. The
+// cause stays text: a missing socket's ENOENT must not read as a missing
+// file or key to callers that check fs.ErrNotExist.
+func unreachable(path string, cause error) error {
+	return fmt.Errorf("connecting to TPM %s: %w: %v", path, ErrUnreachable, cause)
+}
 
 // commandError names the TPM command that failed and, for response codes
 // callers branch on, adds the matching sentinel to the chain.
@@ -40,6 +53,8 @@ func commandError(cc tpm2.TPMCC, err error) error {
 		return fmt.Errorf("%s: %w: %w", name, ErrAuthFail, err)
 	case isOutOfRoom(err):
 		return fmt.Errorf("%s: %w: %w", name, ErrTPMFull, err)
+	case errors.Is(err, tpm2.TPMRCNVSpace):
+		return fmt.Errorf("%s: %w: %w", name, ErrNVFull, err)
 	}
 	return fmt.Errorf("%s: %w", name, err)
 }

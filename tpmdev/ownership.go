@@ -3,6 +3,7 @@ package tpmdev
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -18,6 +19,11 @@ type Ownership struct {
 	// the TPM locks out when it reaches MaxAuthFail.
 	LockoutCounter uint32
 	MaxAuthFail    uint32
+	// PersistentAvail is TPM_PT_HR_PERSISTENT_AVAIL, the TPM's estimate of
+	// how many more persistent objects fit in its NV memory: 0 means that
+	// the EK or SRK could not be persisted. Read in the same command;
+	// math.MaxUint32 when the TPM does not report it.
+	PersistentAvail uint32
 }
 
 // TPMA_PERMANENT bits (TPM 2.0 Part 2, section 8.6).
@@ -47,6 +53,10 @@ func (d *Device) Ownership(ctx context.Context) (Ownership, error) {
 			InLockout:          perm&permInLockout != 0,
 			LockoutCounter:     props[tpm2.TPMPTLockoutCounter],
 			MaxAuthFail:        props[tpm2.TPMPTMaxAuthFail],
+			PersistentAvail:    math.MaxUint32,
+		}
+		if n, ok := props[tpm2.TPMPTHRPersistentAvail]; ok {
+			o.PersistentAvail = n
 		}
 		return nil
 	})

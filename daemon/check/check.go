@@ -73,6 +73,9 @@ type Env struct {
 	// AssignedHub is the hub's host name (from the status or state.json);
 	// empty before the first provisioning.
 	AssignedHub string
+	// OwnerAuthSealed: the record says dpsd set the TPM's owner auth and
+	// keeps it sealed in owner.auth (state.State.OwnerAuthSealed).
+	OwnerAuthSealed bool
 	// ServiceUser is the account dpsd.service runs as ("dpsd").
 	ServiceUser string
 	// BuildTime is a floor for a sane clock (version.BuildTime).

@@ -27,6 +27,9 @@ type run struct {
 	own     tpmdev.Ownership
 	ownErr  error
 	ownRead bool
+	// tpmDown: the open TPM does not answer at all (a software TPM's
+	// socket without its process); the other TPM checks are not run.
+	tpmDown bool
 	// dpsSkew is the local clock minus the DPS endpoint's Date header, when
 	// dpsReached; the clock check reports it.
 	dpsSkew    time.Duration

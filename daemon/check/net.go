@@ -98,6 +98,8 @@ func (r *run) dpsTLS(ctx context.Context) apitype.Check {
 		DialContext:       r.dial,
 		TLSClientConfig:   &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		DisableKeepAlives: true,
+		// As the DPS client: DPS sends about 1 KiB; net/http would take 10 MB.
+		MaxResponseHeaderBytes: 64 << 10,
 	}
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, r.timeout())

@@ -53,14 +53,22 @@ func (r *run) devicePath() string {
 	return ""
 }
 
-func (r *run) tpmDevice(context.Context) apitype.Check {
+func (r *run) tpmDevice(ctx context.Context) apitype.Check {
 	path := r.devicePath()
 	if path == "" {
-		if r.env.TPMErr != nil {
-			return fail(NameTPMDevice, fmt.Sprintf("opening %s: %v", r.cfg.TPM.Device, r.env.TPMErr),
-				"start the software TPM, or set [tpm] device to the real TPM")
+		spec := r.cfg.TPM.Device
+		if r.env.TPM != nil {
+			spec = r.env.TPM.Path()
 		}
-		return pass(NameTPMDevice, "software TPM "+r.cfg.TPM.Device+" (development and tests only)")
+		if r.env.TPMErr != nil {
+			return fail(NameTPMDevice, fmt.Sprintf("opening %s: %v", spec, r.env.TPMErr), startSoftwareTPM(spec))
+		}
+		// A socket TPM is dialled per command: opening it proved nothing.
+		if _, err := r.ownershipState(ctx); errors.Is(err, tpmdev.ErrUnreachable) {
+			r.tpmDown = true
+			return fail(NameTPMDevice, fmt.Sprintf("the software TPM %s does not answer: %v", spec, err), startSoftwareTPM(spec))
+		}
+		return pass(NameTPMDevice, "software TPM "+spec+" (development and tests only)")
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -87,6 +95,17 @@ func (r *run) tpmDevice(context.Context) apitype.Check {
 		return pass(NameTPMDevice, fmt.Sprintf("%s, %s", path, describeMode(fi)))
 	}
 	return pass(NameTPMDevice, fmt.Sprintf("%s, %s, opened", path, describeMode(fi)))
+}
+
+// startSoftwareTPM is the fix for a software TPM that does not answer.
+func startSoftwareTPM(spec string) string {
+	server := "type=unixio,path=" + strings.TrimPrefix(spec, "swtpm:")
+	if addr, ok := strings.CutPrefix(spec, "mssim:"); ok {
+		_, port, _ := strings.Cut(addr, ":")
+		server = "type=tcp,port=" + port
+	}
+	return "start the software TPM (swtpm socket --tpm2 --server " + server + " --flags not-need-init,startup-clear --tpmstate dir=DIR), " +
+		"or set [tpm] device to the real TPM"
 }
 
 // serviceUserCanOpen tells whether the daemon's account may open the TPM
@@ -210,6 +229,9 @@ func (r *run) needTPM(name string) (apitype.Check, bool) {
 	if r.env.TPM == nil {
 		return warn(name, "not checked: the TPM is not open", "see the tpm-device check"), false
 	}
+	if r.tpmDown {
+		return warn(name, "not checked: the TPM does not answer", "see the tpm-device check"), false
+	}
 	return apitype.Check{}, true
 }
 
@@ -223,6 +245,9 @@ func (r *run) ek(ctx context.Context) apitype.Check {
 		return fail(NameEK, "no EK at 0x81010001 although the device was provisioned: the TPM was cleared",
 			"dpsd creates it again and provisions again by itself (reason tpm-cleared); see dpsd status")
 	case errors.Is(err, tpmdev.ErrNotFound):
+		if c, full := r.nvFull(ctx, NameEK, "EK at 0x81010001"); full {
+			return c
+		}
 		return warn(NameEK, "no EK at 0x81010001 yet", "dpsd creates and persists it at its first start")
 	case errors.Is(err, tpmdev.ErrForeignObject):
 		return fail(NameEK, err.Error(),
@@ -275,6 +300,9 @@ func (r *run) srk(ctx context.Context) apitype.Check {
 		return fail(NameSRK, "no SRK at 0x81000001 although the device was provisioned: the TPM was cleared",
 			"dpsd provisions again by itself (reason tpm-cleared); to force it now: sudo dpsd reprovision")
 	case errors.Is(err, tpmdev.ErrNotFound):
+		if c, full := r.nvFull(ctx, NameSRK, "SRK at 0x81000001"); full {
+			return c
+		}
 		return warn(NameSRK, "no SRK at 0x81000001 yet", "dpsd creates it when it takes ownership at start")
 	case errors.Is(err, tpmdev.ErrForeignObject):
 		return fail(NameSRK, err.Error(),
@@ -283,6 +311,18 @@ func (r *run) srk(ctx context.Context) apitype.Check {
 		return fail(NameSRK, "reading the SRK: "+err.Error(), tpmFix(err, "see dmesg | grep -i tpm; journalctl -u dpsd"))
 	}
 	return pass(NameSRK, "standard RSA-2048 SRK at 0x81000001, Name "+hex.EncodeToString(srk.Name))
+}
+
+// nvFull is the answer for a missing key (what) when the TPM has no room
+// left to persist it: dpsd tried, or will try, and fails.
+func (r *run) nvFull(ctx context.Context, name, what string) (apitype.Check, bool) {
+	o, err := r.ownershipState(ctx)
+	if err != nil || o.PersistentAvail > 0 {
+		return apitype.Check{}, false
+	}
+	return fail(name, "no "+what+", and the TPM's NV memory has no room for another persistent key (TPM_PT_HR_PERSISTENT_AVAIL 0): dpsd cannot persist it",
+		"list the persistent handles (tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE), "+
+			"then run sudo dpsd reprovision"), true
 }
 
 // ownershipState reads the hierarchy flags once for the checks.
@@ -325,10 +365,15 @@ func (r *run) ownership(ctx context.Context) apitype.Check {
 		// dpsd's ownership from someone else's.
 		return warn(NameOwnership, "owner auth set; "+r.cfg.State.Dir+" is not readable by this user, so whose it is cannot be told",
 			"run dpsd check as root")
+	case r.env.OwnerAuthSealed:
+		return fail(NameOwnership, fmt.Sprintf("owned by dpsd (says state.json), but %s, where dpsd keeps the owner auth it set, is missing",
+			filepath.Join(r.cfg.State.Dir, state.OwnerAuthFile)),
+			"restore owner.auth from a backup, or clear the TPM (tpm2_clear or the firmware setup): dpsd then takes ownership again and registers again")
 	}
 	if _, err := r.readSRK(ctx); err == nil {
-		return warn(NameOwnership, "owned by someone else; dpsd uses the SRK already there",
-			"nothing to do unless the SRK goes away; then clear the TPM or set ownership = shared")
+		return warn(NameOwnership, "owned by someone else (no "+state.OwnerAuthFile+" in "+r.cfg.State.Dir+"); dpsd uses the SRK already there",
+			"nothing to do unless the SRK goes away (then clear the TPM or set ownership = shared); "+
+				"if dpsd had taken ownership, its owner.auth was deleted: restore it, or clear the TPM")
 	}
 	return fail(NameOwnership, "owned by someone else and no SRK: dpsd cannot create one (it never guesses passwords)",
 		"clear the TPM (firmware setup or tpm2_clear), or set ownership = shared with owner_auth_file")

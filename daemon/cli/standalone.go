@@ -59,6 +59,7 @@ func (e *env) standaloneCheck(ctx context.Context, socket string) apitype.CheckR
 	// An unreadable record leaves the hub unknown; the daemon reports it.
 	if rec, found, err := (state.Store{Dir: cfg.State.Dir}).Load(); err == nil && found {
 		env.AssignedHub = rec.AssignedHub
+		env.OwnerAuthSealed = rec.OwnerAuthSealed
 	}
 	rep := check.Run(ctx, env)
 	daemon := apitype.Check{

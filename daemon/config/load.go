@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
 // DropInDir is the name of the drop-in directory, beside the main file.
@@ -45,6 +46,11 @@ func (e *Error) Error() string {
 	b.WriteString(": " + e.Msg)
 	return b.String()
 }
+
+// maxFileSize bounds each config file and drop-in: the reference config,
+// every key with its comment, is under 8 KiB. A larger file is refused
+// before it is read.
+const maxFileSize = 1 << 20
 
 // source is one config file as read from disk.
 type source struct {
@@ -122,7 +128,7 @@ func readFile(name string) ([]byte, error) {
 	if fi.Mode().Perm()&0o002 != 0 {
 		return nil, worldWritable(name, fi.Mode())
 	}
-	return io.ReadAll(f)
+	return filelimit.ReadOpen(f, maxFileSize)
 }
 
 // refuseWorldWritable refuses a drop-in directory every user may add

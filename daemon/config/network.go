@@ -3,8 +3,13 @@ package config
 import (
 	"crypto/x509"
 	"fmt"
-	"os"
+
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
+
+// maxCAFile bounds [network] ca_file: a distribution's whole CA bundle is
+// about 200 KiB.
+const maxCAFile = 4 << 20
 
 // RootCAs is what dpsd trusts for DPS and the hub: the system's roots plus
 // the PEM certificates of [network] ca_file, if set.
@@ -16,7 +21,7 @@ func (n Network) RootCAs() (*x509.CertPool, error) {
 	if n.CAFile == "" {
 		return pool, nil
 	}
-	pem, err := os.ReadFile(n.CAFile)
+	pem, err := filelimit.Read(n.CAFile, maxCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("reading [network] ca_file: %w", err)
 	}

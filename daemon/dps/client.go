@@ -107,9 +107,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		TLSClientConfig:       &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   cfg.Timeout,
 		ResponseHeaderTimeout: cfg.Timeout,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          2,
-		IdleConnTimeout:       90 * time.Second,
+		// DPS sends well under 2 KiB of headers; net/http's default (10 MB)
+		// lets a hostile server or proxy make the daemon hold megabytes.
+		MaxResponseHeaderBytes: maxHeaderBytes,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           2,
+		IdleConnTimeout:        90 * time.Second,
 	}
 	return &Client{
 		base:       base,

@@ -83,6 +83,10 @@ type TPMResult struct {
 // maxBody bounds every response body read; DPS answers are a few KiB.
 const maxBody = 64 << 10
 
+// maxHeaderBytes bounds the headers of every response, the proxy's answer
+// to CONNECT included; DPS sends about 1 KiB.
+const maxHeaderBytes = 64 << 10
+
 // Bounds on values that later become file contents, token resources and
 // MQTT topics.
 const (

@@ -247,8 +247,8 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, ErrNotProvisioned):
 		writeJSON(w, http.StatusConflict, apitype.Error{
-			Error: fmt.Sprintf("%s (state %s)", ErrNotProvisioned, s.backend.Status().State),
-			Fix:   "wait until it is (dpsd wait), then ask again",
+			Error: notProvisionedText(err, s.backend.Status().State),
+			Fix:   "wait until the device is provisioned (dpsd wait), then ask again",
 		})
 		return
 	case err != nil:
@@ -304,4 +304,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))
 	w.WriteHeader(code)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// notProvisionedText is a token refusal in the backend's words; the bare
+// sentinel gains the state, which says what the device is doing instead.
+func notProvisionedText(err error, state apitype.State) string {
+	if err.Error() == ErrNotProvisioned.Error() {
+		return fmt.Sprintf("%s (state %s)", ErrNotProvisioned, state)
+	}
+	return err.Error()
 }

@@ -117,8 +117,11 @@ func TestHandler(t *testing.T) {
 		{name: "token before provisioning", peer: tokenUserPeer, method: "POST", target: "/v1/token",
 			tokenErr: fmt.Errorf("state registering: %w", localapi.ErrNotProvisioned), wantCode: 409, wantInBody: "dpsd wait"},
 		{name: "token before provisioning, as the daemon wraps it", peer: tokenUserPeer, method: "POST", target: "/v1/token",
-			tokenErr: fmt.Errorf("%w: %w", localapi.ErrNotProvisioned, errors.New("the device is not provisioned yet")), wantCode: 409,
+			tokenErr: engineWords{errors.New("the device is not provisioned yet")}, wantCode: 409,
 			wantInBody: `"the device is not provisioned yet (state provisioned)"`},
+		{name: "token with a lost key, in the engine's words", peer: tokenUserPeer, method: "POST", target: "/v1/token",
+			tokenErr: engineWords{errors.New("the device's hub key no longer works: the SRK changed")}, wantCode: 409,
+			wantInBody: `"the device's hub key no longer works: the SRK changed"`},
 		{name: "token failing", peer: rootPeer, method: "POST", target: "/v1/token", tokenErr: errors.New("TPM_RC_INTEGRITY"), wantCode: 500},
 		{name: "wrong method", peer: rootPeer, method: "POST", target: "/v1/status", wantCode: 405},
 		{name: "unknown path", peer: rootPeer, method: "GET", target: "/v1/secrets", wantCode: 404},
@@ -519,3 +522,9 @@ func TestListenDoesNotFollowSwappedSocket(t *testing.T) {
 	}
 	t.Logf("Listen: %v", err)
 }
+
+// engineWords is a token refusal as the daemon passes it on: the engine's
+// own words, matching the socket's ErrNotProvisioned.
+type engineWords struct{ error }
+
+func (engineWords) Is(target error) bool { return target == localapi.ErrNotProvisioned }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io/fs"
 	"time"
@@ -20,18 +21,57 @@ import (
 func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
 	id := e.currentIdentity()
 	if id == nil {
-		return apitype.Token{}, ErrNotProvisioned
+		return apitype.Token{}, e.noIdentity("")
 	}
 	if !e.clockTrusted() {
 		return apitype.Token{}, errClockUnset
 	}
 	expiry := e.now().Add(ttl).Truncate(time.Second)
 	tok, err := sas.New(ctx, id.hub+"/devices/"+id.deviceID, expiry, "", e.signer(e.device(), id.key))
+	if errors.Is(err, tpmdev.ErrKeyInvalidated) {
+		// The signer woke the engine, which registers again.
+		return apitype.Token{}, e.noIdentity(keyNoLongerLoads)
+	}
 	if err != nil {
 		return apitype.Token{}, fmt.Errorf("signing a hub token in the TPM: %w", err)
 	}
 	return apitype.Token{SAS: tok, Hub: id.hub, DeviceID: id.deviceID, ExpiresAt: expiry.UTC()}, nil
 }
+
+// keyNoLongerLoads is why a key that fails to load is lost.
+const keyNoLongerLoads = "it no longer loads in the TPM (a TPM clear or a replaced SRK invalidates the keys wrapped under the SRK)"
+
+// noIdentity is Token's error without a working identity: ErrNotProvisioned
+// for a device never provisioned, and for one whose key was invalidated
+// (why, or the reason recorded by dropIdentity) words that say so.
+func (e *Engine) noIdentity(why string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if why == "" {
+		why = e.lostBecause
+	}
+	if why == "" {
+		return ErrNotProvisioned
+	}
+	return identityLost{why: why, state: e.status.State}
+}
+
+// identityLost is ErrNotProvisioned for a provisioned device whose hub key
+// stopped working.
+type identityLost struct {
+	why   string
+	state apitype.State
+}
+
+func (l identityLost) Error() string {
+	now := ""
+	if l.state != apitype.StateProvisioned && l.state != "" {
+		now = "now " + string(l.state) + "; "
+	}
+	return fmt.Sprintf("the device's hub key no longer works: %s; dpsd registers the device again by itself (%ssee dpsd status)", l.why, now)
+}
+
+func (identityLost) Is(target error) bool { return target == ErrNotProvisioned }
 
 // EnrollInfo returns what an operator enters in a DPS individual
 // enrollment for this device.

@@ -62,6 +62,9 @@ type Engine struct {
 	status   apitype.Status
 	dev      *tpmdev.Device
 	identity *identity // the committed, working hub identity; nil when none
+	// lostBecause says why a provisioned device has no identity (its key
+	// was invalidated); "" when it never had one in this process.
+	lostBecause string
 	// serverTime stands in for a system clock that is certainly wrong (before
 	// this build's date): the DPS server's Date, read at serverTimeAt (whose
 	// monotonic reading measures the time since).
@@ -244,14 +247,22 @@ func (e *Engine) fail(err error, n int) time.Duration {
 		// Time sync may come any moment; look often (it costs nothing).
 		wait = clockPoll
 	}
+	if perm && fixedOnDevice(err) {
+		wait = min(wait, e.cfg.TPM.CheckInterval)
+	}
 	next := e.now().Add(wait).UTC().Truncate(time.Second)
 	msg := err.Error()
+	if a := advice(err); a != "" {
+		msg += "; " + a
+	}
 	st := apitype.StateFailed
 	switch {
 	case errors.Is(err, ErrDisabled):
 		st = apitype.StateDisabled
 	case errors.Is(err, errClockUnset):
 		st = apitype.StateWaitingForTime
+	case errors.Is(err, tpmdev.ErrUnreachable):
+		st = apitype.StateWaitingForTPM
 	}
 	e.update(func(s *apitype.Status) {
 		s.LastError = &msg
@@ -273,6 +284,11 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 	}
 	keys, err := e.setupTPM(ctx, dev, expectEK)
 	if err != nil {
+		if !errors.Is(err, tpmdev.ErrUnreachable) {
+			// The status must not keep stale or unread facts of a TPM that
+			// answers but cannot be used.
+			_, _ = e.readOwnership(ctx, dev)
+		}
 		return err
 	}
 	fp := keys.fingerprint()
@@ -283,7 +299,7 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 	if rec.SRKName != "" && rec.SRKName != fp.srkName {
 		// The identity died with the old SRK, whatever the reason for this
 		// round: no token may be tried with it any more.
-		e.setIdentity(nil)
+		e.dropIdentity("the SRK at 0x81000001 changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
 	}
 
 	if reason == "" {
@@ -355,6 +371,7 @@ func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec 
 	if err := dev.LoadCheck(ctx, key); err != nil {
 		if errors.Is(err, tpmdev.ErrKeyInvalidated) {
 			e.log.Warn("TPM cleared: the identity key no longer loads")
+			e.dropIdentity(keyNoLongerLoads)
 			return apitype.ReasonTPMCleared, nil
 		}
 		return "", fmt.Errorf("loading the identity key: %w", err)
@@ -379,4 +396,16 @@ func (e *Engine) setIdentity(id *identity) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.identity = id
+	if id != nil {
+		e.lostBecause = ""
+	}
+}
+
+// dropIdentity forgets an identity whose key no longer works; Token then
+// says why instead of "not provisioned yet".
+func (e *Engine) dropIdentity(why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.identity = nil
+	e.lostBecause = why
 }

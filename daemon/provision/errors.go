@@ -26,6 +26,10 @@ var (
 // device on the hub, a DPS allocation to the wrong hub).
 var errHubStillRejects = errors.New("the hub still refuses the device after a new registration: check that the device exists and is enabled on its IoT Hub, and that DPS allocates it to that hub")
 
+// errOwnerAuthMissing: the TPM's owner auth is set and dpsd has no sealed
+// copy of it (owner.auth is missing).
+var errOwnerAuthMissing = errors.New("the TPM's owner auth is set but dpsd has no sealed copy of it")
+
 // errClockUnset: the system clock is before this build's date and no
 // server's clock is known yet; tokens signed now would be rejected.
 var errClockUnset = errors.New("the system clock is before this build's date: waiting for time sync (systemd-timesyncd or NTP)")
@@ -53,7 +57,7 @@ func isPermanent(err error) bool {
 	case errors.As(err, &r):
 		return false
 	case errors.As(err, &p), errors.Is(err, ErrTPMReplaced), errors.Is(err, ErrOwnedByOther), errors.Is(err, ErrDisabled),
-		errors.Is(err, errHubStillRejects):
+		errors.Is(err, errHubStillRejects), errors.Is(err, tpmdev.ErrNVFull), errors.Is(err, errOwnerAuthMissing):
 		return true
 	case errors.Is(err, tpmdev.ErrAuthFail), errors.Is(err, tpmdev.ErrLockout):
 		// A wrong hierarchy auth stays wrong until someone fixes the
@@ -68,4 +72,32 @@ func isPermanent(err error) bool {
 		return true
 	}
 	return false
+}
+
+// fixedOnDevice reports whether a permanent error is one a technician
+// fixes on the device itself (a foreign key at dpsd's handle, an owner
+// dpsd does not know). Looking again costs a few TPM reads and no DPS
+// request, so the engine looks every check_interval instead of waiting the
+// permanent delay. (Not full NV: each try generates a key in the TPM.)
+func fixedOnDevice(err error) bool {
+	return errors.Is(err, tpmdev.ErrForeignObject) || errors.Is(err, ErrOwnedByOther) || errors.Is(err, errOwnerAuthMissing)
+}
+
+// advice is what the status adds to an error: what a technician can do.
+func advice(err error) string {
+	switch {
+	case errors.Is(err, tpmdev.ErrUnreachable):
+		return "start the TPM (for a software TPM: its swtpm process) or correct [tpm] device; dpsd retries by itself"
+	case errors.Is(err, tpmdev.ErrNVFull):
+		return "the TPM's NV memory is full, so dpsd cannot persist its key: list the persistent handles " +
+			"(tpm2_getcap handles-persistent) and evict unused ones as the owner (tpm2_evictcontrol -C o -c HANDLE), " +
+			"then run `sudo dpsd reprovision` to retry now"
+	case errors.Is(err, ErrTPMReplaced):
+		return "" // says what to do itself
+	case fixedOnDevice(err):
+		return "fixed it? dpsd notices within check_interval, or run `sudo dpsd reprovision` to retry now"
+	case isPermanent(err):
+		return "fixed it? run `sudo dpsd reprovision` to retry now"
+	}
+	return ""
 }

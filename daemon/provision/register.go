@@ -136,6 +136,7 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 		ConfigFingerprint: e.cfg.ProvisioningFingerprint(),
 		IdentityDigest:    digest(raw),
 		Version:           version.Version,
+		OwnerAuthSealed:   e.ownerAuthSealed(rec, fp.srkName),
 	}
 	if _, err := e.o.Store.Save(next); err != nil {
 		_ = e.o.Store.DiscardStaged()

@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
+	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -149,11 +152,10 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK stri
 		}
 		return k, nil
 	}
-	own, err := dev.Ownership(ctx)
+	own, err := e.readOwnership(ctx, dev)
 	if err != nil {
-		return k, fmt.Errorf("reading the TPM's ownership: %w", err)
+		return k, err
 	}
-	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
 	if own.OwnerAuthSet {
 		return k, ErrOwnedByOther
 	}
@@ -204,12 +206,22 @@ func (e *Engine) sealedOwnerAuth(dev *tpmdev.Device) func(context.Context) ([]by
 			return nil, nil
 		}
 		sealed, err := e.o.Store.LoadOwnerAuth()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w (%s is missing): if dpsd set it, that file was deleted: restore it, or clear the TPM "+
+				"(tpm2_clear or the firmware setup) so that dpsd takes ownership again; if someone else owns the TPM, "+
+				"set [tpm] ownership = \"shared\" with owner_auth_file", errOwnerAuthMissing, e.ownerAuthPath())
+		}
 		if err != nil {
-			return nil, fmt.Errorf("%w (reading the sealed owner auth: %v)", ErrOwnedByOther, err)
+			return nil, err // names the file
 		}
 		auth, err := dev.Unseal(ctx, sealed)
+		if errors.Is(err, tpmdev.ErrKeyInvalidated) {
+			return nil, fmt.Errorf("%w (%s was sealed under another SRK: the TPM was cleared and owned again since): "+
+				"clear the TPM so that dpsd takes ownership again, or set [tpm] ownership = \"shared\" with owner_auth_file: %v",
+				errOwnerAuthMissing, e.ownerAuthPath(), err)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("%w (unsealing the owner auth: %v)", ErrOwnedByOther, err)
+			return nil, fmt.Errorf("unsealing the owner auth: %w", err)
 		}
 		return auth, nil
 	}
@@ -221,7 +233,9 @@ func readAuthFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(path)
+	// An auth value is at most a digest (64 bytes); the limit only keeps a
+	// wrong file from costing memory.
+	b, err := filelimit.Read(path, 4<<10)
 	if err != nil {
 		return nil, err
 	}
@@ -235,17 +249,48 @@ func readAuthFile(path string) ([]byte, error) {
 // setting the auth, or an SRK made by a factory tool. It runs after READY,
 // off the warm start's path; a failed read only leaves the facts stale.
 func (e *Engine) ensureOwnership(ctx context.Context, dev *tpmdev.Device) error {
-	own, err := dev.Ownership(ctx)
+	own, err := e.readOwnership(ctx, dev)
 	if err != nil {
 		e.log.Warn("reading the TPM's ownership failed", "err", err)
 		return nil
 	}
-	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
 	if own.OwnerAuthSet || e.cfg.TPM.Ownership == config.OwnershipShared {
 		return nil
 	}
 	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
 	return e.takeOwnership(ctx, dev)
+}
+
+// readOwnership reads the hierarchy and lockout flags and puts them in the
+// status.
+func (e *Engine) readOwnership(ctx context.Context, dev *tpmdev.Device) (tpmdev.Ownership, error) {
+	own, err := dev.Ownership(ctx)
+	if err != nil {
+		return own, fmt.Errorf("reading the TPM's ownership: %w", err)
+	}
+	e.update(func(s *apitype.Status) { s.TPM.OwnerAuthSet = own.OwnerAuthSet; s.TPM.InLockout = own.InLockout })
+	return own, nil
+}
+
+// ownerAuthSealed reports whether the TPM's owner auth (as last read:
+// ensureOwnership runs before every registration) is one dpsd set: its
+// sealed copy is in owner.auth, or the previous record prev said so and the
+// SRK, which a clear changes, is still srkName (a deleted owner.auth stays
+// on the record).
+func (e *Engine) ownerAuthSealed(prev *state.State, srkName string) bool {
+	if e.cfg.TPM.Ownership == config.OwnershipShared || !e.Status().TPM.OwnerAuthSet {
+		return false
+	}
+	if prev.OwnerAuthSealed && prev.SRKName == srkName {
+		return true
+	}
+	_, err := os.Stat(e.ownerAuthPath())
+	return err == nil
+}
+
+// ownerAuthPath is where dpsd keeps the sealed owner auth, for messages.
+func (e *Engine) ownerAuthPath() string {
+	return filepath.Join(e.cfg.State.Dir, state.OwnerAuthFile)
 }
 
 // orNone names an auth file for a message; "" means the empty auth.

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/dpsd-project/dpsd/daemon/atomicfile"
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
 // StageIdentity writes key (the marshalled SRK-wrapped key; opaque here) to
@@ -76,7 +77,7 @@ func (s Store) LoadOwnerAuth() ([]byte, error) {
 
 // read returns the contents of the file name; what names it in errors.
 func (s Store) read(name, what string) ([]byte, error) {
-	b, err := os.ReadFile(s.path(name))
+	b, err := filelimit.Read(s.path(name), maxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", what, err)
 	}

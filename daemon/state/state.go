@@ -34,9 +34,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
 // The files in Store.Dir.
@@ -51,6 +52,11 @@ const (
 // of a later format was written by a newer dpsd and is refused as corrupt
 // rather than misread.
 const Format = 1
+
+// maxFileSize bounds every file read here, far above what dpsd writes
+// (about 1 KiB each): a larger file was not written by dpsd and is refused
+// before it is read.
+const maxFileSize = 1 << 20
 
 // ErrCorrupt says state.json exists but cannot be used. The daemon reports
 // it and carries on as a fresh device; the next Save replaces the file.
@@ -100,6 +106,11 @@ type State struct {
 	// record belongs to; written by the engine before CommitIdentity, read
 	// at start to finish or undo an identity switch a crash interrupted.
 	IdentityDigest string `json:"identityDigest,omitempty"`
+	// OwnerAuthSealed is true when dpsd had set the TPM's owner auth, and
+	// kept it sealed in owner.auth, at registration. Written by the
+	// engine; read by `dpsd check` to tell a deleted owner.auth from a
+	// TPM someone else owns.
+	OwnerAuthSealed bool `json:"ownerAuthSealed,omitempty"`
 }
 
 // Store reads and writes the files in Dir. The zero Store is not usable;
@@ -115,9 +126,13 @@ func (s Store) path(name string) string { return filepath.Join(s.Dir, name) }
 // wrapping ErrCorrupt. Load writes nothing (not even the directory).
 func (s Store) Load() (st State, found bool, err error) {
 	path := s.path(StateFile)
-	b, err := os.ReadFile(path)
+	b, err := filelimit.Read(path, maxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{}, false, nil
+	}
+	if errors.Is(err, filelimit.ErrTooLarge) {
+		return State{}, false, fmt.Errorf("reading the provisioning record: %w: %w: not a record dpsd wrote; "+
+			"dpsd registers the device again and replaces it (to keep it, move it away first)", ErrCorrupt, err)
 	}
 	if err != nil {
 		return State{}, false, fmt.Errorf("reading the provisioning record: %w", err)
@@ -145,7 +160,7 @@ func (s Store) Save(st State) (written bool, err error) {
 		return false, fmt.Errorf("encoding the provisioning record: %w", err)
 	}
 	b = append(b, '\n')
-	if old, err := os.ReadFile(s.path(StateFile)); err == nil && bytes.Equal(old, b) {
+	if old, err := filelimit.Read(s.path(StateFile), maxFileSize); err == nil && bytes.Equal(old, b) {
 		return false, nil
 	}
 	if err := s.writeAtomic(StateFile, b); err != nil {
