@@ -35,6 +35,12 @@ type Device struct {
 
 	inputBuffer int // TPM_PT_INPUT_BUFFER, read once; 0 until known
 
+	// Bus protection (bus.go), used inside operations only.
+	protect BusProtection
+	ek      *saltKey       // the EK sessions are salted to, once read
+	kept    tpm2.Session   // the session tokens reuse; nil when none
+	oneUse  []tpm2.Session // this operation's one-use sessions
+
 	// sentAt is when the command in flight was sent (Unix nanoseconds),
 	// 0 when none is: Busy reports a TPM or driver that stopped answering.
 	sentAt atomic.Int64
@@ -148,6 +154,7 @@ func newDevice(path string, c connector, log *slog.Logger) *Device {
 func (d *Device) Close() error {
 	d.owner <- struct{}{}
 	defer func() { <-d.owner }()
+	d.closeKept()
 	if err := d.conn.close(); err != nil {
 		return fmt.Errorf("closing TPM %s: %w", d.path, err)
 	}
@@ -189,7 +196,9 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	if err != nil {
 		return fmt.Errorf("%s: connecting to TPM %s: %w", op, d.path, err)
 	}
-	err = f(&countingTPM{d: d, ctx: ctx, t: t})
+	ct := &countingTPM{d: d, ctx: ctx, t: t}
+	err = f(ct)
+	err = also(err, d.flushOneUse(uncancellable(ct)))
 	end()
 	if err != nil {
 		d.log.Debug("TPM operation failed", "op", op, "duration", time.Since(start), "err", err)
