@@ -24,6 +24,7 @@ const (
 	NameConfig          = "config"
 	NameTPMDevice       = "tpm-device"
 	NameResourceManager = "tpm-resource-manager"
+	NameTPMBus          = "tpm-bus"
 	NameEK              = "ek"
 	NameEKCertificate   = "ek-certificate"
 	NameSRK             = "srk"
@@ -93,6 +94,7 @@ func Run(ctx context.Context, env Env) apitype.CheckReport {
 		r.config,
 		r.tpmDevice,
 		r.resourceManager,
+		r.tpmBus,
 		r.ek,
 		r.ekCertificate,
 		r.srk,
