@@ -2,6 +2,7 @@ package tpmtest
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -106,15 +108,6 @@ func (b *BusRecorder) Exchanges() []Exchange {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]Exchange(nil), b.exchanges...)
-}
-
-// Commands counts the commands sent so far by command code.
-func (b *BusRecorder) Commands() map[tpm2.TPMCC]int {
-	n := map[tpm2.TPMCC]int{}
-	for _, e := range b.Exchanges() {
-		n[CommandCode(e.Command)]++
-	}
-	return n
 }
 
 // CommandCode reads the command code from a command's header.
@@ -260,4 +253,66 @@ func ActivateCredential(t testing.TB, info SwtpmInfo, credentialBlob, secret []b
 		t.Fatalf("activating the recorded credential: %v", err)
 	}
 	return rsp.CertInfo.Buffer
+}
+
+// SubstituteEK is an active interposer's ReadPublic answer for the EK: a
+// key of its own with the EK's template (a random modulus) and its Name
+// computed to match, so that only a record of the real EK tells them
+// apart.
+func SubstituteEK(t testing.TB) []byte {
+	t.Helper()
+	pub := tpm2.RSAEKTemplate
+	modulus := make([]byte, 256)
+	if _, err := rand.Read(modulus); err != nil {
+		t.Fatal(err)
+	}
+	modulus[0] |= 0x80
+	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: modulus})
+	name, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := tpm2.Marshal(tpm2.New2B(pub))
+	body = append(body, tpm2.Marshal(*name)...)
+	body = append(body, tpm2.Marshal(*name)...) // qualifiedName: dpsd does not read it
+	rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
+	rsp = binary.BigEndian.AppendUint32(rsp, uint32(10+len(body)))
+	rsp = binary.BigEndian.AppendUint32(rsp, 0)
+	return append(rsp, body...)
+}
+
+// IsReadPublic reports whether cmd is TPM2_ReadPublic of handle h.
+func IsReadPublic(cmd []byte, h tpm2.TPMHandle) bool {
+	return CommandCode(cmd) == tpm2.TPMCCReadPublic && len(cmd) >= 14 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:])) == h
+}
+
+// secretCommands are the commands that carry or return a secret (with bus
+// protection on, also StartAuthSession of the salted sessions they use).
+var secretCommands = []tpm2.TPMCC{
+	tpm2.TPMCCHierarchyChanegAuth, tpm2.TPMCCCreate, tpm2.TPMCCUnseal, tpm2.TPMCCActivateCredential,
+	tpm2.TPMCCImport, tpm2.TPMCCHMAC, tpm2.TPMCCSequenceComplete, tpm2.TPMCCStartAuthSession,
+}
+
+// SecretCommandsSince lists (as hexadecimal command codes) the commands
+// carrying or returning a secret among the exchanges from index from on.
+func (b *BusRecorder) SecretCommandsSince(from int) []string {
+	var out []string
+	for _, e := range b.Exchanges()[from:] {
+		if cc := CommandCode(e.Command); slices.Contains(secretCommands, cc) {
+			out = append(out, fmt.Sprintf("0x%x", uint32(cc)))
+		}
+	}
+	return out
+}
+
+// ActivateCredentialsSince returns the TPM2_ActivateCredential commands
+// among the exchanges from index from on.
+func (b *BusRecorder) ActivateCredentialsSince(from int) [][]byte {
+	var out [][]byte
+	for _, e := range b.Exchanges()[from:] {
+		if CommandCode(e.Command) == tpm2.TPMCCActivateCredential {
+			out = append(out, e.Command)
+		}
+	}
+	return out
 }
