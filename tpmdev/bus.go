@@ -74,20 +74,22 @@ func checkedPublic(rsp *tpm2.ReadPublicResponse, h tpm2.TPMHandle) (*tpm2.TPMTPu
 func (d *Device) pinEK(pub *tpm2.TPMTPublic, replace bool) error {
 	if d.ek == nil || replace {
 		d.ek = &saltKey{handle: EKHandle, public: *pub}
+		d.ekSeen = true
 		return nil
 	}
 	if !bytes.Equal(tpm2.Marshal(d.ek.public), tpm2.Marshal(*pub)) {
 		return fmt.Errorf("the EK is not the one read before: %w", ErrBusTampered)
 	}
+	d.ekSeen = true
 	return nil
 }
 
-// salt returns the key new sessions are salted to: the pinned EK, else
-// the persistent EK (read, checked and pinned now), else the standard SRK
-// when no EK is persisted (someone evicted it; checked, not pinned). Nil
-// when the TPM has neither.
+// salt returns the key new sessions are salted to: the persistent EK,
+// read once per operation (a clear evicts it) and checked against the
+// pinned one (pinned now when none is); else, when no EK is persisted, the
+// standard SRK (checked, not pinned); nil when the TPM has neither.
 func (d *Device) salt(t transport.TPM) (*saltKey, error) {
-	if d.ek != nil {
+	if d.ek != nil && d.ekSeen {
 		return d.ek, nil
 	}
 	rsp, err := readPersistent(t, EKHandle)
@@ -99,7 +101,11 @@ func (d *Device) salt(t transport.TPM) (*saltKey, error) {
 		if err := checkEK(pub); err != nil {
 			return nil, err
 		}
-		return d.ek, d.pinEK(pub, false)
+		if err := d.pinEK(pub, false); err != nil {
+			return nil, err
+		}
+		d.ekSeen = true
+		return d.ek, nil
 	}
 	if !isNotFound(err) {
 		return nil, err
@@ -138,7 +144,7 @@ const (
 // encrypted parameter takes a one-use HMAC session salted to the EK; an
 // empty auth with nothing to encrypt carries no secret and keeps the
 // password session (no extra TPM command). The operation flushes the
-// session if the command never completes (flushOneUse).
+// session if the command never completes (endOperation).
 func (d *Device) auth(t transport.TPM, auth []byte, enc encryption) (tpm2.Session, error) {
 	if d.protect == BusOff || (len(auth) == 0 && enc == encryptNone) {
 		return tpm2.PasswordAuth(auth), nil
@@ -175,10 +181,12 @@ func (d *Device) changeAuthSession(t transport.TPM, old []byte, enc encryption) 
 
 func trimAuth(auth []byte) []byte { return bytes.TrimRight(auth, "\x00") }
 
-// flushOneUse flushes the one-use sessions of an operation that the TPM
+// endOperation flushes the one-use sessions of an operation that the TPM
 // still holds: those of a command whose answer never came (a cancelled
-// wait). A completed command ends its one-use session in the TPM.
-func (d *Device) flushOneUse(t transport.TPM) error {
+// wait); a completed command ends its one-use session in the TPM. The
+// next operation reads the EK again before it salts a session to it.
+func (d *Device) endOperation(t transport.TPM) error {
+	d.ekSeen = false
 	var err error
 	for _, s := range d.oneUse {
 		if h := s.Handle(); h != tpm2.TPMRHNull {

@@ -38,6 +38,7 @@ type Device struct {
 	// Bus protection (bus.go), used inside operations only.
 	protect BusProtection
 	ek      *saltKey       // the EK sessions are salted to, once read
+	ekSeen  bool           // ek was read in this operation
 	kept    tpm2.Session   // the session tokens reuse; nil when none
 	oneUse  []tpm2.Session // this operation's one-use sessions
 
@@ -198,7 +199,7 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	}
 	ct := &countingTPM{d: d, ctx: ctx, t: t}
 	err = f(ct)
-	err = also(err, d.flushOneUse(uncancellable(ct)))
+	err = also(err, d.endOperation(uncancellable(ct)))
 	end()
 	if err != nil {
 		d.log.Debug("TPM operation failed", "op", op, "duration", time.Since(start), "err", err)

@@ -171,19 +171,13 @@ func (d *Device) createPersistent(t transport.TPM, h tpm2.TPMHandle, hierarchyAu
 		if err := checkEK(public); err != nil {
 			return nil, nil, err
 		}
-		if d.ek == nil {
-			// Salted to the transient copy: the persistent one is not there yet.
-			d.ek = &saltKey{handle: cp.ObjectHandle, public: *public}
-			defer func() {
-				if err != nil {
-					d.ek = nil
-				} else {
-					d.ek.handle = EKHandle
-				}
-			}()
-		} else if err := d.pinEK(public, true); err != nil {
-			return nil, nil, err
-		}
+		// Pinned, and salted to the transient copy until it is persisted.
+		_ = d.pinEK(public, true) // replacing never fails
+		d.ek.handle = cp.ObjectHandle
+		defer func() {
+			d.ek.handle = EKHandle
+			d.ekSeen = err == nil
+		}()
 	}
 	if s, err = d.auth(t, ownerAuth, encryptNone); err != nil {
 		return nil, nil, err

@@ -164,6 +164,8 @@ func TestTPMChecksOnSimulator(t *testing.T) {
 	if err := os.Remove(filepath.Join(cfg.State.Dir, state.OwnerAuthFile)); err != nil {
 		t.Fatal(err)
 	}
+	// (on a cleared TPM, with no key to salt a session to)
+	dev.SetBusProtection(tpmdev.BusOff)
 	if err := dev.SetOwnerAuth(ctx, nil, []byte("theirs")); err != nil {
 		t.Fatal(err)
 	}
