@@ -6,11 +6,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // TestBusCarriesNoSecret runs every operation that sends or receives a
@@ -174,4 +176,48 @@ func TestTamperedSaltKeyIsRefused(t *testing.T) {
 	if bytes.Contains(bus.Bytes(), []byte("secret")) {
 		t.Error("the secret crossed the bus")
 	}
+}
+
+// The session tokens reuse is kept across operations; when the TPM loses
+// it (a reset, a clear by another client that flushes sessions), the next
+// token starts another instead of failing.
+func TestKeptSessionLostIsReplaced(t *testing.T) {
+	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, _ func()) {
+		ctx := context.Background()
+		ek, srk := provision(t, dev)
+		key := randomBytes(t, 32)
+		wk := importKey(t, dev, ek, srk, key)
+		data := []byte("resource\n1700000000")
+		for i := range 3 {
+			mac, err := dev.HMAC(ctx, wk, data)
+			if err != nil {
+				t.Fatalf("token %d: %v", i+1, err)
+			}
+			if !bytes.Equal(mac, goHMAC(key, data)) {
+				t.Fatalf("token %d: HMAC differs from software", i+1)
+			}
+			if i > 0 {
+				continue
+			}
+			// Flush every session behind the Device's back.
+			err = dev.Exec(ctx, func(tpm transport.TPM) error {
+				rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x02000000, PropertyCount: 64}).Execute(tpm)
+				if err != nil {
+					return err
+				}
+				hs, err := rsp.CapabilityData.Data.Handles()
+				if err != nil {
+					return err
+				}
+				if len(hs.Handle) != 1 {
+					return fmt.Errorf("%d sessions loaded after a token, want the kept one", len(hs.Handle))
+				}
+				_, err = (tpm2.FlushContext{FlushHandle: hs.Handle[0]}).Execute(tpm)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }
