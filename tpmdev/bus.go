@@ -35,16 +35,13 @@ func (p BusProtection) String() string {
 
 // ErrBusTampered: what the TPM answered about a key does not hold
 // together (a public area that does not hash to the Name the TPM gave, or
-// an EK other than the one this Device first read): something on the bus
-// alters the answers, and no secret is sent.
+// an EK other than the one ReadEK or EnsureEK last returned): something on
+// the bus alters the answers, and no secret is sent.
 var ErrBusTampered = errors.New("TPM answers inconsistent (bus tampered?)")
 
 // SetBusProtection chooses how secrets cross the bus; call it before the
 // first operation.
 func (d *Device) SetBusProtection(p BusProtection) { d.protect = p }
-
-// BusProtection reports the protection in force.
-func (d *Device) BusProtection() BusProtection { return d.protect }
 
 // saltKey is a decryption key in the TPM whose public area dpsd checked:
 // a session salted to it has a key only the TPM can compute.
