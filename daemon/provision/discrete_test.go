@@ -288,14 +288,19 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	t.Helper()
 	dir := t.TempDir()
 	info := tpmtest.StartSwtpm(t, dir)
+	dev, err := tpmdev.Open(info.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// swtpm listens before it has made and written its state: the answer
+	// to a first command (one that changes nothing) waits for that.
+	if _, err := dev.Ownership(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	perm := filepath.Join(info.StateDir, "tpm2-00.permall")
 	fresh, err := os.ReadFile(perm)
 	if err != nil {
 		t.Fatalf("reading the fresh TPM's state: %v", err)
-	}
-	dev, err := tpmdev.Open(info.Spec(), nil)
-	if err != nil {
-		t.Fatal(err)
 	}
 	ek, err := dev.EnsureEK(context.Background(), tpmdev.EKTemplateTCG, nil, nil)
 	dev.Close()
