@@ -60,7 +60,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	engine := provision.New(provision.Options{
 		Config:  cfg,
 		Store:   store,
-		OpenTPM: func() (*tpmdev.Device, error) { return tpmdev.Open(cfg.TPM.Device, log) },
+		OpenTPM: func() (*tpmdev.Device, error) { return openTPM(cfg, log) },
 		DPS:     client,
 		Hub:     &provision.HubOptions{Endpoint: cfg.Hub.EndpointOverride, RootCAs: roots},
 		OnPhase: notify.Status,
@@ -177,4 +177,13 @@ func (b *backend) Check(ctx context.Context) apitype.CheckReport {
 		}
 	}
 	return check.Run(ctx, env)
+}
+
+// openTPM opens the configured TPM with the configured bus protection.
+func openTPM(cfg *config.Config, log *slog.Logger) (*tpmdev.Device, error) {
+	dev, err := tpmdev.Open(cfg.TPM.Device, log)
+	if err == nil && cfg.TPM.BusProtection == config.BusOff {
+		dev.SetBusProtection(tpmdev.BusOff)
+	}
+	return dev, err
 }

@@ -40,6 +40,12 @@ type Device struct {
 	// them first. Both are used only by the operation that owns the TPM.
 	sweep        sweep
 	pendingSweep string
+	// Bus protection (bus.go), used inside operations only.
+	protect BusProtection
+	ek      *saltKey       // the EK sessions are salted to, once read
+	ekSeen  bool           // ek was read in this operation
+	kept    tpm2.Session   // the session tokens reuse; nil when none
+	oneUse  []tpm2.Session // this operation's one-use sessions
 
 	// sentAt is when the command in flight was sent (Unix nanoseconds),
 	// 0 when none is: Busy reports a TPM or driver that stopped answering.
@@ -182,6 +188,7 @@ func newDevice(path string, c connector, log *slog.Logger) *Device {
 func (d *Device) Close() error {
 	d.owner <- struct{}{}
 	defer func() { <-d.owner }()
+	d.closeKept()
 	if err := d.conn.close(); err != nil {
 		return fmt.Errorf("closing TPM %s: %w", d.path, err)
 	}
@@ -229,6 +236,7 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	ct := &countingTPM{d: d, ctx: ctx, t: t, held: map[tpm2.TPMHandle]bool{}}
 	ct.sweepPending()
 	err = f(ct)
+	err = also(err, d.endOperation(uncancellable(ct)))
 	end()
 	if err != nil {
 		d.log.Debug("TPM operation failed", "op", op, "duration", time.Since(start), "err", err)

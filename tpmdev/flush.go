@@ -78,7 +78,7 @@ func (d *Device) Transients(ctx context.Context) (Transients, error) {
 		if err != nil {
 			return err
 		}
-		for _, h := range hs {
+		for _, h := range slices.DeleteFunc(hs, d.keeps) {
 			if h>>24 == firstTransient>>24 {
 				tr.Objects = append(tr.Objects, uint32(h))
 			} else {
@@ -94,14 +94,22 @@ func (d *Device) Transients(ctx context.Context) (Transients, error) {
 
 // LoadedHandles lists transient objects and sessions, for leak checks:
 // after every method of this package returns, there are none (unless
-// another TPM client holds some).
+// another TPM client holds some). The session tokens reuse (bus.go) is
+// the Device's own and not listed: it lives until Close.
 func (d *Device) LoadedHandles(ctx context.Context) ([]tpm2.TPMHandle, error) {
 	var hs []tpm2.TPMHandle
 	err := d.do(ctx, "listing loaded handles", func(t transport.TPM) (err error) {
 		hs, err = loadedHandles(t)
+		hs = slices.DeleteFunc(hs, d.keeps)
 		return err
 	})
 	return hs, err
+}
+
+// keeps reports whether h is a handle the Device holds between operations
+// on purpose: the session tokens reuse. Sweeps spare it.
+func (d *Device) keeps(h tpm2.TPMHandle) bool {
+	return d.kept != nil && h == d.kept.Handle()
 }
 
 // loadedHandles lists transient objects, loaded sessions and saved
@@ -153,7 +161,7 @@ func (c *countingTPM) flushStale(why string) (int, error) {
 	var flushed []string
 	var errs []error
 	for _, h := range hs {
-		if c.held[h] {
+		if c.held[h] || c.d.keeps(h) {
 			continue
 		}
 		_, err := run(c, tpm2.FlushContext{FlushHandle: h})

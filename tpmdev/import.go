@@ -32,13 +32,25 @@ func (d *Device) ActivateAndImport(ctx context.Context, b *authblob.Blob, endors
 		if err != nil {
 			return fmt.Errorf("reading EK: %w", err)
 		}
-		innerKey, err := activate(t, srk.Name, ek.Name, b, endorsementAuth)
+		ekPub, err := checkedPublic(ek, EKHandle)
+		if err != nil {
+			return err
+		}
+		if err := d.pinEK(ekPub, false); err != nil {
+			return err
+		}
+		innerKey, err := d.activate(t, srk.Name, ek.Name, b, endorsementAuth)
+		if err != nil {
+			return err
+		}
+		// The inner wrapping key is encryptionKey, the first parameter.
+		s, err := d.auth(t, nil, encryptIn)
 		if err != nil {
 			return err
 		}
 		pub := tpm2.BytesAs2B[tpm2.TPMTPublic](b.Public)
 		imp, err := run(t, tpm2.Import{
-			ParentHandle:  tpm2.NamedHandle{Handle: SRKHandle, Name: srk.Name},
+			ParentHandle:  tpm2.AuthHandle{Handle: SRKHandle, Name: srk.Name, Auth: s},
 			EncryptionKey: tpm2.TPM2BData{Buffer: innerKey},
 			ObjectPublic:  pub,
 			Duplicate:     tpm2.TPM2BPrivate{Buffer: b.Duplicate},
@@ -63,10 +75,18 @@ func (d *Device) ActivateAndImport(ctx context.Context, b *authblob.Blob, endors
 
 // activate runs TPM2_ActivateCredential in a policy session it flushes on
 // every path, and returns the credential (the blob's inner wrapping key).
-func activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob, endorsementAuth []byte) (inner []byte, err error) {
+// With bus protection the policy session is salted and encrypts the
+// credential on its way out.
+func (d *Device) activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob, endorsementAuth []byte) (inner []byte, err error) {
+	var opts []tpm2.AuthOption
+	if d.protect != BusOff {
+		if opts, err = d.sessionOptions(t, encryptOut); err != nil {
+			return nil, err
+		}
+	}
 	// The session's closer keeps the transport it was made with: make it
 	// one that flushes even after a cancellation.
-	sess, closeSess, err := tpm2.PolicySession(uncancellable(t), tpm2.TPMAlgSHA256, 16)
+	sess, closeSess, err := tpm2.PolicySession(uncancellable(t), tpm2.TPMAlgSHA256, 16, opts...)
 	if err != nil {
 		return nil, commandError(tpm2.TPMCCStartAuthSession, err)
 	}
@@ -75,8 +95,12 @@ func activate(t transport.TPM, srkName, ekName tpm2.TPM2BName, b *authblob.Blob,
 			err = also(err, commandError(tpm2.TPMCCFlushContext, cerr))
 		}
 	}()
+	endorsement, err := d.auth(t, endorsementAuth, encryptNone)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := run(t, tpm2.PolicySecret{
-		AuthHandle:    tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(endorsementAuth)},
+		AuthHandle:    tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: endorsement},
 		PolicySession: sess.Handle(),
 		NonceTPM:      sess.NonceTPM(),
 	}); err != nil {
@@ -132,16 +156,11 @@ func (d *Device) HMAC(ctx context.Context, k *WrappedKey, data []byte) ([]byte, 
 		if err != nil {
 			return err
 		}
-		auth := tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(nil)}
 		if len(data) <= limit {
-			rsp, err := run(t, tpm2.Hmac{Handle: auth, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, HashAlg: tpm2.TPMAlgSHA256})
-			if err != nil {
-				return err
-			}
-			mac = rsp.OutHMAC.Buffer
-			return nil
+			mac, err = d.hmac(t, h, data)
+			return err
 		}
-		mac, err = hmacSequence(t, auth, data, limit)
+		mac, err = d.hmacSequence(t, h, data, limit)
 		return err
 	})
 	if err != nil {
@@ -150,9 +169,36 @@ func (d *Device) HMAC(ctx context.Context, k *WrappedKey, data []byte) ([]byte, 
 	return mac, nil
 }
 
+// hmac is one TPM2_HMAC in the kept session (bus.go), which encrypts the
+// signature on its way out. A kept session the TPM lost (a TPM reset) is
+// replaced once; any other failure drops it.
+func (d *Device) hmac(t transport.TPM, key tpm2.NamedHandle, data []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		s, err := d.keptSession(t)
+		if err != nil {
+			return nil, err
+		}
+		rsp, err := run(t, tpm2.Hmac{
+			Handle:  tpm2.AuthHandle{Handle: key.Handle, Name: key.Name, Auth: s},
+			Buffer:  tpm2.TPM2BMaxBuffer{Buffer: data},
+			HashAlg: tpm2.TPMAlgSHA256,
+		})
+		if err == nil {
+			return rsp.OutHMAC.Buffer, nil
+		}
+		d.dropKept(t)
+		if attempt > 0 || !sessionGone(err) {
+			return nil, err
+		}
+		d.log.Debug("the kept TPM session is gone; starting another", "err", err)
+	}
+}
+
 // hmacSequence feeds data in chunks of at most limit bytes; the sequence
-// object is flushed by SequenceComplete, or here when a step fails.
-func hmacSequence(t transport.TPM, key tpm2.AuthHandle, data []byte, limit int) (mac []byte, err error) {
+// object is flushed by SequenceComplete, or here when a step fails. Only
+// SequenceComplete, which returns the signature, needs a salted session.
+func (d *Device) hmacSequence(t transport.TPM, h tpm2.NamedHandle, data []byte, limit int) (mac []byte, err error) {
+	key := tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(nil)}
 	start, err := run(t, tpm2.HmacStart{Handle: key, HashAlg: tpm2.TPMAlgSHA256})
 	if err != nil {
 		return nil, err
@@ -165,6 +211,12 @@ func hmacSequence(t transport.TPM, key tpm2.AuthHandle, data []byte, limit int) 
 		}
 		data = data[limit:]
 	}
+	s, err := d.auth(t, nil, encryptOut)
+	if err != nil {
+		flush(t, start.SequenceHandle, &err)
+		return nil, err
+	}
+	seq.Auth = s
 	rsp, err := run(t, tpm2.SequenceComplete{SequenceHandle: seq, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, Hierarchy: tpm2.TPMRHNull})
 	if err != nil {
 		flush(t, start.SequenceHandle, &err)
@@ -182,7 +234,6 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 	if !isOwnerPersistent(handle) {
 		return fmt.Errorf("persisting key: handle 0x%08x is not an owner persistent handle", uint32(handle))
 	}
-	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(ownerAuth)}
 	err := d.do(ctx, "persisting key", func(t transport.TPM) (err error) {
 		l, err := k.loadable()
 		if err != nil {
@@ -192,6 +243,11 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 		if err != nil {
 			return fmt.Errorf("decoding the key's public area: %w", err)
 		}
+		s, err := d.auth(t, ownerAuth, encryptNone)
+		if err != nil {
+			return err
+		}
+		owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: s}
 		h, err := loadKey(t, k)
 		if err != nil {
 			return err

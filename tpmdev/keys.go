@@ -95,11 +95,11 @@ func (d *Device) EnsureEK(ctx context.Context, t EKTemplate, endorsementAuth, ow
 	var ek EK
 	err = d.do(ctx, "ensuring EK", func(tpm transport.TPM) error {
 		var err error
-		ek, err = readEK(tpm)
+		ek, err = d.readEK(tpm)
 		if !isNotFound(err) {
 			return err
 		}
-		pub, _, err := createPersistent(tpm, tpm2.TPMRHEndorsement, endorsementAuth, tmpl, EKHandle, ownerAuth)
+		pub, _, err := d.createPersistent(tpm, tpm2.TPMRHEndorsement, endorsementAuth, tmpl, EKHandle, ownerAuth)
 		if err != nil {
 			return err
 		}
@@ -120,22 +120,27 @@ func (d *Device) EnsureEK(ctx context.Context, t EKTemplate, endorsementAuth, ow
 func (d *Device) ReadEK(ctx context.Context) (EK, error) {
 	var ek EK
 	err := d.do(ctx, "reading EK", func(t transport.TPM) (err error) {
-		ek, err = readEK(t)
+		ek, err = d.readEK(t)
 		return err
 	})
 	return ek, err
 }
 
-func readEK(t transport.TPM) (EK, error) {
+// readEK reads the persistent EK, checks it and pins it as the key
+// sessions are salted to.
+func (d *Device) readEK(t transport.TPM) (EK, error) {
 	rsp, err := readPersistent(t, EKHandle)
 	if err != nil {
 		return EK{}, err
 	}
-	pub, err := rsp.OutPublic.Contents()
+	pub, err := checkedPublic(rsp, EKHandle)
 	if err != nil {
-		return EK{}, fmt.Errorf("decoding EK public area: %w", err)
+		return EK{}, err
 	}
 	if err := checkEK(pub); err != nil {
+		return EK{}, err
+	}
+	if err := d.pinEK(pub, true); err != nil {
 		return EK{}, err
 	}
 	return EK{Public: tpm2.Marshal(rsp.OutPublic)}, nil
@@ -143,18 +148,42 @@ func readEK(t transport.TPM) (EK, error) {
 
 // createPersistent creates a primary key from tmpl under hierarchy h,
 // persists it at handle and flushes the transient copy. It returns the
-// marshalled TPM2B_PUBLIC and the Name.
-func createPersistent(t transport.TPM, h tpm2.TPMHandle, hierarchyAuth []byte, tmpl tpm2.TPMTPublic, handle tpm2.TPMHandle, ownerAuth []byte) (pub, name []byte, err error) {
+// marshalled TPM2B_PUBLIC and the Name. A new EK is pinned, and the owner
+// auth that persists it goes in a session salted to it.
+func (d *Device) createPersistent(t transport.TPM, h tpm2.TPMHandle, hierarchyAuth []byte, tmpl tpm2.TPMTPublic, handle tpm2.TPMHandle, ownerAuth []byte) (pub, name []byte, err error) {
+	s, err := d.auth(t, hierarchyAuth, encryptNone)
+	if err != nil {
+		return nil, nil, err
+	}
 	cp, err := run(t, tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.AuthHandle{Handle: h, Auth: tpm2.PasswordAuth(hierarchyAuth)},
+		PrimaryHandle: tpm2.AuthHandle{Handle: h, Auth: s},
 		InPublic:      tpm2.New2B(tmpl),
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	defer flush(t, cp.ObjectHandle, &err)
+	public, err := checkedPublic(&tpm2.ReadPublicResponse{OutPublic: cp.OutPublic, Name: cp.Name}, cp.ObjectHandle)
+	if err != nil {
+		return nil, nil, err
+	}
+	if handle == EKHandle {
+		if err := checkEK(public); err != nil {
+			return nil, nil, err
+		}
+		// Pinned, and salted to the transient copy until it is persisted.
+		_ = d.pinEK(public, true) // replacing never fails
+		d.ek.handle = cp.ObjectHandle
+		defer func() {
+			d.ek.handle = EKHandle
+			d.ekSeen = err == nil
+		}()
+	}
+	if s, err = d.auth(t, ownerAuth, encryptNone); err != nil {
+		return nil, nil, err
+	}
 	if _, err := run(t, tpm2.EvictControl{
-		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(ownerAuth)},
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: s},
 		ObjectHandle:     tpm2.NamedHandle{Handle: cp.ObjectHandle, Name: cp.Name},
 		PersistentHandle: handle,
 	}); err != nil {
@@ -194,7 +223,7 @@ func (d *Device) EnsureSRK(ctx context.Context, ownerAuth []byte) (SRK, error) {
 			return err
 		}
 		tmpl := rsaTemplate(tpm2.RSASRKTemplate, 256)
-		pub, name, err := createPersistent(t, tpm2.TPMRHOwner, ownerAuth, tmpl, SRKHandle, ownerAuth)
+		pub, name, err := d.createPersistent(t, tpm2.TPMRHOwner, ownerAuth, tmpl, SRKHandle, ownerAuth)
 		if err != nil {
 			return err
 		}
@@ -226,9 +255,9 @@ func readSRK(t transport.TPM) (SRK, error) {
 	if err != nil {
 		return SRK{}, err
 	}
-	pub, err := rsp.OutPublic.Contents()
+	pub, err := checkedPublic(rsp, SRKHandle)
 	if err != nil {
-		return SRK{}, fmt.Errorf("decoding SRK public area: %w", err)
+		return SRK{}, err
 	}
 	if !isStandardSRK(pub) {
 		return SRK{}, fmt.Errorf("object at 0x%08x is not a standard RSA-2048 SRK: %w", uint32(SRKHandle), ErrForeignObject)

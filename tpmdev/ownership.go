@@ -68,8 +68,16 @@ func (d *Device) Ownership(ctx context.Context) (Ownership, error) {
 // ErrAuthFail and never retried.
 func (d *Device) SetOwnerAuth(ctx context.Context, old, new []byte) error {
 	err := d.do(ctx, "setting owner auth", func(t transport.TPM) error {
-		_, err := run(t, tpm2.HierarchyChangeAuth{
-			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(old)},
+		enc := encryptNone
+		if len(new) > 0 {
+			enc = encryptIn // newAuth
+		}
+		s, err := d.changeAuthSession(t, old, enc)
+		if err != nil {
+			return err
+		}
+		_, err = run(t, tpm2.HierarchyChangeAuth{
+			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: s},
 			NewAuth:    tpm2.TPM2BAuth{Buffer: new},
 		})
 		return err

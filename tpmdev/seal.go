@@ -31,8 +31,13 @@ func (d *Device) Seal(ctx context.Context, secret []byte) ([]byte, error) {
 		if err != nil {
 			return fmt.Errorf("reading SRK: %w", err)
 		}
+		// The secret is inSensitive, the first parameter.
+		s, err := d.auth(t, nil, encryptIn)
+		if err != nil {
+			return err
+		}
 		rsp, err := run(t, tpm2.Create{
-			ParentHandle: tpm2.NamedHandle{Handle: SRKHandle, Name: srk.Name},
+			ParentHandle: tpm2.AuthHandle{Handle: SRKHandle, Name: srk.Name, Auth: s},
 			InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 				Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
 			}},
@@ -85,7 +90,11 @@ func (d *Device) Unseal(ctx context.Context, sealed []byte) ([]byte, error) {
 			return err
 		}
 		defer flush(t, h.Handle, &err)
-		rsp, err := run(t, tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(nil)}})
+		s, err := d.auth(t, nil, encryptOut)
+		if err != nil {
+			return err
+		}
+		rsp, err := run(t, tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: s}})
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,7 @@ const (
 	NameTPMDevice       = "tpm-device"
 	NameResourceManager = "tpm-resource-manager"
 	NameTransients      = "tpm-transients"
+	NameTPMBus          = "tpm-bus"
 	NameEK              = "ek"
 	NameEKCertificate   = "ek-certificate"
 	NameSRK             = "srk"
@@ -100,6 +101,7 @@ func Run(ctx context.Context, env Env) apitype.CheckReport {
 		r.tpmDevice,
 		r.resourceManager,
 		r.transients,
+		r.tpmBus,
 		r.ek,
 		r.ekCertificate,
 		r.srk,

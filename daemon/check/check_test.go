@@ -62,7 +62,7 @@ func expect(t *testing.T, rep apitype.CheckReport, name string, status apitype.C
 
 func TestReportOrderAndNames(t *testing.T) {
 	rep := check.Run(context.Background(), check.Env{Config: offline(t), TPMErr: errors.New("no TPM"), ServiceUser: "root"})
-	want := []string{check.NameConfig, check.NameTPMDevice, check.NameResourceManager, check.NameTransients, check.NameEK, check.NameEKCertificate,
+	want := []string{check.NameConfig, check.NameTPMDevice, check.NameResourceManager, check.NameTransients, check.NameTPMBus, check.NameEK, check.NameEKCertificate,
 		check.NameSRK, check.NameOwnership, check.NameLockout, check.NameIdentityKey, check.NameStateDir, check.NameDPSDNS,
 		check.NameDPSTLS, check.NameClock, check.NameHubTLS}
 	if len(rep.Checks) != len(want) {
@@ -80,6 +80,22 @@ func TestReportOrderAndNames(t *testing.T) {
 	}
 	if check.Failed(apitype.CheckReport{Checks: []apitype.Check{{Status: apitype.CheckWarn}}}) {
 		t.Error("Failed = true with warnings only")
+	}
+}
+
+func TestTPMBusCheck(t *testing.T) {
+	for _, tc := range []struct {
+		protect config.BusProtection
+		status  apitype.CheckStatus
+		detail  string
+	}{
+		{config.BusEncrypt, apitype.CheckPass, `bus_protection = "encrypt"`},
+		{config.BusOff, apitype.CheckWarn, `bus_protection = "off"`},
+	} {
+		cfg := offline(t)
+		cfg.TPM.BusProtection = tc.protect
+		rep := check.Run(context.Background(), check.Env{Config: cfg, TPMErr: errors.New("x"), ServiceUser: "root"})
+		expect(t, rep, check.NameTPMBus, tc.status, tc.detail)
 	}
 }
 
@@ -148,6 +164,8 @@ func TestTPMChecksOnSimulator(t *testing.T) {
 	if err := os.Remove(filepath.Join(cfg.State.Dir, state.OwnerAuthFile)); err != nil {
 		t.Fatal(err)
 	}
+	// (on a cleared TPM, with no key to salt a session to)
+	dev.SetBusProtection(tpmdev.BusOff)
 	if err := dev.SetOwnerAuth(ctx, nil, []byte("theirs")); err != nil {
 		t.Fatal(err)
 	}

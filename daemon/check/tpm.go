@@ -223,6 +223,16 @@ func tpmFix(err error, fix string) string {
 	return fix
 }
 
+// tpmBus says whether secrets cross the TPM bus encrypted (the config's
+// bus_protection, which the daemon applies to every TPM command).
+func (r *run) tpmBus(context.Context) apitype.Check {
+	if r.cfg.TPM.BusProtection == config.BusOff {
+		return warn(NameTPMBus, `bus_protection = "off": the owner auth, the DPS challenge and hub token signatures cross the TPM bus in clear, readable by anything on it`,
+			`set [tpm] bus_protection = "encrypt" unless this TPM cannot do salted sessions`)
+	}
+	return pass(NameTPMBus, `bus_protection = "encrypt": secrets cross the TPM bus only in sessions salted to the EK, AES-128-CFB encrypted`)
+}
+
 // needTPM is the answer of a TPM check when the TPM is not open: a warning
 // only, since tpm-device already fails for that one cause.
 func (r *run) needTPM(name string) (apitype.Check, bool) {

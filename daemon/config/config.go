@@ -71,6 +71,9 @@ type TPM struct {
 	// CheckInterval (check_interval) is how often the running daemon looks
 	// for a TPM clear.
 	CheckInterval time.Duration
+	// BusProtection (bus_protection) says whether secrets cross the TPM
+	// bus encrypted.
+	BusProtection BusProtection
 	// IdentityHandle (identity_handle) is the persistent handle, as
 	// "0x81000100" (checked, lowercase), where the hub key is also made
 	// persistent for other Azure SDK apps; empty: none. tpmdev.ParseHandle
@@ -100,6 +103,20 @@ const (
 	// EKTemplateAzureSDK is the Azure SDKs' variant with an empty unique
 	// field, for devices whose EK was created by them.
 	EKTemplateAzureSDK EKTemplate = "azure-sdk"
+)
+
+// BusProtection says how secrets cross the TPM bus (tpm.bus_protection;
+// "The TPM bus" in docs/design.md).
+type BusProtection string
+
+// The bus protections.
+const (
+	// BusEncrypt: secrets only in sessions salted to the EK, encrypted
+	// (AES-128-CFB parameter encryption).
+	BusEncrypt BusProtection = "encrypt"
+	// BusOff: password sessions and parameters in clear, for TPMs that
+	// cannot do salted sessions.
+	BusOff BusProtection = "off"
 )
 
 // Hub is the [hub] table: what the daemon does with the assigned IoT Hub.
@@ -163,6 +180,7 @@ func Default() *Config {
 			Device:        "auto",
 			Ownership:     OwnershipTake,
 			EKTemplate:    EKTemplateTCG,
+			BusProtection: BusEncrypt,
 			CheckInterval: 5 * time.Minute,
 		},
 		Hub: Hub{

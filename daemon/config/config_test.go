@@ -40,6 +40,7 @@ func TestLoadGood(t *testing.T) {
 	merged.TPM.CheckInterval = 10 * time.Minute // main file, untouched by drop-ins
 	merged.TPM.Device = "mssim:127.0.0.1:2321"  // 30-later.toml beats 20-tpm.toml
 	merged.Token.Allow = []string{"bob"}        // arrays are replaced, not appended
+	merged.TPM.BusProtection = BusOff
 
 	tests := []struct {
 		path string
@@ -112,6 +113,7 @@ func TestReferenceConfig(t *testing.T) {
 func TestLoadBad(t *testing.T) {
 	tests := map[string]string{
 		"api-version.toml":         `FILE:3: provisioning.api_version: "latest" is not an api-version (YYYY-MM-DD, optionally -preview)`,
+		"bus-protection.toml":      `FILE:5: tpm.bus_protection: "none" is not one of encrypt, off`,
 		"array-of-tables.toml":     `FILE:4: hub: expected a table, got an array of tables`,
 		"device-mssim.toml":        `FILE:5: tpm.device: mssim:HOST:PORT: "localhost:tcp": port "tcp" is not a number in 1..65535`,
 		"device.toml":              `FILE:5: tpm.device: "tpm0" is not auto, a device path, swtpm:PATH or mssim:HOST:PORT`,

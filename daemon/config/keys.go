@@ -82,6 +82,10 @@ var specs = map[string]spec{
 		c.TPM.EKTemplate, err = oneOf(s, EKTemplateTCG, EKTemplateAzureSDK)
 		return err
 	}),
+	"tpm.bus_protection": text(func(c *Config, s string) (err error) {
+		c.TPM.BusProtection, err = oneOf(s, BusEncrypt, BusOff)
+		return err
+	}),
 	"tpm.check_interval": duration(func(c *Config) *time.Duration { return &c.TPM.CheckInterval },
 		time.Second, 24*time.Hour),
 	"tpm.identity_handle": text(func(c *Config, s string) (err error) {

@@ -23,6 +23,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
+	"github.com/google/go-tpm/tpm2"
 )
 
 const discreteScope = "0ne00D15C7"
@@ -31,8 +32,11 @@ const discreteScope = "0ne00D15C7"
 // (tpmtest's latency model over swtpm, docs/discrete-tpm.md) against the
 // emulator: a first boot, a restart and a requested re-registration. It
 // asserts what costs seconds on such a TPM, RSA key generation: the EK and
-// the SRK once each at first boot, none after. Times are logged, never
-// asserted.
+// the SRK once each at first boot, none after; and what bus protection may
+// cost: at most 5 commands before READY on a restart, and tokens after the
+// first within 1.5 times the modelled time of the three commands a token
+// took before (Load, HMAC, FlushContext): the salted session is made once.
+// Wall-clock times are logged, never asserted.
 func TestDiscreteTPMCost(t *testing.T) {
 	f := newFixture(t)
 	modelled := func(seed uint64) func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
@@ -52,6 +56,10 @@ func TestDiscreteTPMCost(t *testing.T) {
 	}
 
 	warm, stop := f.boot(t, modelled(2), "")
+	if warm.readyCommands > 5 {
+		t.Errorf("restart sent %d TPM commands before READY, want 5 at most", warm.readyCommands)
+	}
+	tokenCost(t, warm)
 	stop()
 	warm.report(t, "restart")
 	again, stop := f.boot(t, modelled(3), apitype.ReasonRequested)
@@ -70,6 +78,26 @@ func TestDiscreteTPMCost(t *testing.T) {
 	}
 	if st := f.emu.Stats(); st["assigned"] != 2 {
 		t.Errorf("emulator assigned %d times, want 2 (first boot, requested)", st["assigned"])
+	}
+}
+
+// tokenCost gets three tokens and checks the modelled TPM time of each
+// after the first, which also starts the kept salted session.
+func tokenCost(t *testing.T, r bootResult) {
+	t.Helper()
+	unprotected := tpmtest.DiscreteLatencies[tpm2.TPMCCLoad].Max + tpmtest.DiscreteLatencies[tpm2.TPMCCHMAC].Max +
+		tpmtest.DiscreteLatencies[tpm2.TPMCCFlushContext].Max
+	for i := range 3 {
+		before, n := r.lat.Modelled(), r.dev.Stats().Total
+		if _, err := r.engine.Token(context.Background(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		cost := r.lat.Modelled() - before
+		t.Logf("token %d on the discrete-TPM model: %d TPM commands, modelled %v (%v without bus protection)",
+			i+1, r.dev.Stats().Total-n, cost, unprotected)
+		if i > 0 && 2*cost > 3*unprotected {
+			t.Errorf("token %d: modelled %v, want at most 1.5 × %v", i+1, cost, unprotected)
+		}
 	}
 }
 
@@ -141,10 +169,11 @@ func newFixture(tb testing.TB) *fixture {
 
 // bootResult is what one run of the engine cost.
 type bootResult struct {
-	engine      *provision.Engine
-	dev         *tpmdev.Device
-	lat         *tpmtest.LatencyTPM // nil without the latency model
-	ready, prov time.Duration       // from Run to READY / to provisioned
+	engine        *provision.Engine
+	dev           *tpmdev.Device
+	lat           *tpmtest.LatencyTPM // nil without the latency model
+	ready, prov   time.Duration       // from Run to READY / to provisioned
+	readyCommands int                 // TPM commands sent before READY
 }
 
 // boot runs an engine on the TPM that open gives until it is provisioned
@@ -176,6 +205,7 @@ func (f *fixture) boot(tb testing.TB, open func() (*tpmdev.Device, *tpmtest.Late
 		OnReady: func() {
 			mu.Lock()
 			readyAt = time.Now()
+			r.readyCommands = r.dev.Stats().Total
 			mu.Unlock()
 			close(readyCh)
 		},
@@ -246,8 +276,8 @@ func (r bootResult) report(t *testing.T, name string) {
 		c := st.ByCommand[n]
 		fmt.Fprintf(&b, " %s×%d=%v", n, c.Count, c.Total.Round(time.Millisecond))
 	}
-	t.Logf("%s on the discrete-TPM model: provisioned after %v, READY after %v; %d TPM commands, modelled TPM time %v, %d RSA key generations;%s",
-		name, r.prov.Round(time.Millisecond), r.ready.Round(time.Millisecond), st.Total,
+	t.Logf("%s on the discrete-TPM model: provisioned after %v, READY after %v (%d TPM commands); %d TPM commands, modelled TPM time %v, %d RSA key generations;%s",
+		name, r.prov.Round(time.Millisecond), r.ready.Round(time.Millisecond), r.readyCommands, st.Total,
 		r.lat.Modelled().Round(time.Millisecond), r.lat.RSAKeyGenerations(), b.String())
 }
 
@@ -258,14 +288,19 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	t.Helper()
 	dir := t.TempDir()
 	info := tpmtest.StartSwtpm(t, dir)
+	dev, err := tpmdev.Open(info.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// swtpm listens before it has made and written its state: the answer
+	// to a first command (one that changes nothing) waits for that.
+	if _, err := dev.Ownership(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	perm := filepath.Join(info.StateDir, "tpm2-00.permall")
 	fresh, err := os.ReadFile(perm)
 	if err != nil {
 		t.Fatalf("reading the fresh TPM's state: %v", err)
-	}
-	dev, err := tpmdev.Open(info.Spec(), nil)
-	if err != nil {
-		t.Fatal(err)
 	}
 	ek, err := dev.EnsureEK(context.Background(), tpmdev.EKTemplateTCG, nil, nil)
 	dev.Close()

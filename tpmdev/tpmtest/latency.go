@@ -39,6 +39,7 @@ type Latency struct {
 //	DictionaryAttackLockReset        40 ms               est.: one NV (flash) write
 //	Clear                            200 ms              est.: erases the owner hierarchy's NV objects
 //	StartAuthSession (unsalted)      20 ms               est.: nonce from the RNG
+//	StartAuthSession (salted, RSA)   150 ms              as ActivateCredential: one RSA-2048 OAEP decrypt of the salt
 //	PolicySecret, NV_Read, NV_ReadPublic 10 ms           est.
 //	ReadPublic, GetCapability, GetRandom, FlushContext  5 ms  est.: below the PTP short duration (20 ms)
 //	any other command                10 ms               est.
@@ -48,6 +49,9 @@ var (
 	RSAKeyGeneration = Latency{Min: 1500 * time.Millisecond, Max: 3500 * time.Millisecond}
 	// ECCKeyGeneration is the same for an ECC P-256 key.
 	ECCKeyGeneration = Latency{Min: 130 * time.Millisecond, Max: 260 * time.Millisecond}
+	// SaltedSession is StartAuthSession with a tpmKey (an RSA key, the
+	// EK): the TPM decrypts the salt with it.
+	SaltedSession = fixed(150 * time.Millisecond)
 	// OtherLatency is any command the table does not name.
 	OtherLatency = Latency{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}
 
@@ -182,6 +186,11 @@ func ModelLatency(cmd []byte) (Latency, bool) {
 			return RSAKeyGeneration, true
 		case tpm2.TPMAlgECC:
 			return ECCKeyGeneration, false
+		}
+	case tpm2.TPMCCStartAuthSession:
+		// Part 3, 11.1: tpmKey is the first handle.
+		if len(cmd) >= 14 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != tpm2.TPMRHNull {
+			return SaltedSession, false
 		}
 	}
 	if lat, ok := DiscreteLatencies[cc]; ok {

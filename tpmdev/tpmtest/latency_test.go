@@ -88,6 +88,15 @@ func TestModelLatency(t *testing.T) {
 		}.Execute}), RSAKeyGeneration, true},
 		{"ReadPublic", marshal(t, executor[*tpm2.ReadPublicResponse]{tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(0x81000001)}.Execute}),
 			DiscreteLatencies[tpm2.TPMCCReadPublic], false},
+		{"StartAuthSession", marshal(t, executor[*tpm2.StartAuthSessionResponse]{tpm2.StartAuthSession{
+			TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+			SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256,
+		}.Execute}), DiscreteLatencies[tpm2.TPMCCStartAuthSession], false},
+		{"StartAuthSession salted", marshal(t, executor[*tpm2.StartAuthSessionResponse]{tpm2.StartAuthSession{
+			TPMKey: tpm2.TPMHandle(0x81010001), Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+			EncryptedSalt: tpm2.TPM2BEncryptedSecret{Buffer: make([]byte, 256)},
+			SessionType:   tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256,
+		}.Execute}), SaltedSession, false},
 		{"unlisted command", marshal(t, executor[*tpm2.ReadClockResponse]{tpm2.ReadClock{}.Execute}), OtherLatency, false},
 		{"truncated", []byte{0x80, 0x01, 0, 0}, OtherLatency, false},
 		{"CreatePrimary cut short", []byte{0x80, 0x02, 0, 0, 0, 20, 0, 0, 0x01, 0x31, 0x40, 0, 0, 1, 0, 0, 0, 9}, DiscreteLatencies[tpm2.TPMCCCreatePrimary], false},

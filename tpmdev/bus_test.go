@@ -1,0 +1,223 @@
+package tpmdev_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// TestBusCarriesNoSecret runs every operation that sends or receives a
+// secret through a bus recorder and searches the recording for each
+// secret: none may show with protection on, each must show with it off
+// (so that the search can fail).
+func TestBusCarriesNoSecret(t *testing.T) {
+	for _, tc := range []struct {
+		protect tpmdev.BusProtection
+		want    bool // secrets found on the bus
+	}{
+		{tpmdev.BusEncrypt, false},
+		{tpmdev.BusOff, true},
+	} {
+		t.Run(tc.protect.String(), func(t *testing.T) {
+			info := tpmtest.StartSwtpm(t, "")
+			bus := tpmtest.RecordBus(t, info)
+			dev, err := tpmdev.Open(bus.Spec(), tpmtest.Logger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			dev.SetBusProtection(tc.protect)
+			ctx := context.Background()
+			secrets := map[string][]byte{}
+
+			ek, srk := provision(t, dev)
+			owner := randomBytes(t, 32)
+			secrets["owner auth"] = owner
+			sealed, err := dev.Seal(ctx, owner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dev.SetOwnerAuth(ctx, nil, owner); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := dev.Unseal(ctx, sealed); err != nil || !bytes.Equal(got, owner) {
+				t.Fatalf("Unseal: %v", err)
+			}
+			// The hub key crosses only inside the duplicate, wrapped with
+			// the credential: the credential is what off exposes.
+			key := randomBytes(t, 32)
+			wk, err := dev.ActivateAndImport(ctx, buildBlobFor(t, ek, srk, key), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Owner-authorized: persisting the key.
+			if err := dev.Persist(ctx, wk, 0x81000100, owner); err != nil {
+				t.Fatal(err)
+			}
+			for i, n := range []int{64, 3000} { // one TPM2_HMAC; a sequence
+				data := bytes.Repeat([]byte{byte('a' + i)}, n)
+				mac, err := dev.HMAC(ctx, wk, data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(mac, goHMAC(key, data)) {
+					t.Fatalf("HMAC of %d bytes differs from software", n)
+				}
+				secrets["HMAC of "+string(rune('0'+i))] = mac
+			}
+			if err := dev.SetOwnerAuth(ctx, owner, owner); err != nil {
+				t.Fatalf("owner auth in force: %v", err)
+			}
+			secrets["credential"] = recordedCredential(t, bus, info)
+			tpmtest.AssertNoTransientHandles(t, dev)
+
+			rec := bus.Bytes()
+			if bytes.Contains(rec, key) {
+				t.Error("the hub key crossed the bus")
+			}
+			for name, s := range secrets {
+				if found := bytes.Contains(rec, s) || bytes.Contains(rec, []byte(hex.EncodeToString(s))); found != tc.want {
+					t.Errorf("%s on the bus: %v, want %v", name, found, tc.want)
+				}
+			}
+			if tc.protect == tpmdev.BusEncrypt {
+				if n := passwordsOnBus(bus); n != 0 {
+					t.Errorf("%d password sessions with a non-empty auth on the bus", n)
+				}
+			}
+		})
+	}
+}
+
+// recordedCredential unwraps, straight on the swtpm, the last credential
+// the recorder saw activated: the plain value the bus must not show.
+func recordedCredential(t *testing.T, bus *tpmtest.BusRecorder, info tpmtest.SwtpmInfo) []byte {
+	t.Helper()
+	cmds := bus.ActivateCredentialsSince(0)
+	if len(cmds) == 0 {
+		t.Fatal("no ActivateCredential on the bus")
+	}
+	blob, secret, err := tpmtest.ActivateCredentialArgs(cmds[len(cmds)-1])
+	if err != nil {
+		t.Fatalf("the recorded ActivateCredential: %v", err)
+	}
+	return tpmtest.ActivateCredential(t, info, blob, secret)
+}
+
+// passwordsOnBus counts password authorizations (TPM_RS_PW) with a
+// non-empty value in the recorded commands.
+func passwordsOnBus(bus *tpmtest.BusRecorder) int {
+	n := 0
+	for _, e := range bus.Exchanges() {
+		cmd := e.Command
+		if len(cmd) < 10 || tpm2.TPMST(binary.BigEndian.Uint16(cmd)) != tpm2.TPMSTSessions {
+			continue
+		}
+		// Sessions follow the handles; find them by scanning for
+		// TPM_RS_PW and reading its auth (nonce 0, attrs, hmac size).
+		for i := 10; i+9 <= len(cmd); i++ {
+			if tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[i:])) == tpm2.TPMRSPW &&
+				binary.BigEndian.Uint16(cmd[i+4:]) == 0 && binary.BigEndian.Uint16(cmd[i+7:]) != 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestTamperedSaltKeyIsRefused: an interposer that rewrites the EK's
+// public area in ReadPublic's answer (to a key of its own) is caught
+// before any secret is sent: the area no longer hashes to the Name.
+func TestTamperedSaltKeyIsRefused(t *testing.T) {
+	info := tpmtest.StartSwtpm(t, "")
+	setup, err := tpmdev.Open(info.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	provision(t, setup)
+	setup.Close()
+
+	bus := tpmtest.RecordBus(t, info)
+	bus.Tamper(func(cmd, rsp []byte) []byte {
+		if !tpmtest.IsReadPublic(cmd, tpmdev.EKHandle) || len(rsp) < 300 {
+			return nil
+		}
+		alt := bytes.Clone(rsp)
+		alt[200] ^= 0xff // inside the modulus
+		return alt
+	})
+	dev, err := tpmdev.Open(bus.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.ReadEK(ctx); !errors.Is(err, tpmdev.ErrBusTampered) {
+		t.Errorf("ReadEK: %v, want ErrBusTampered", err)
+	}
+	if _, err := dev.Seal(ctx, []byte("secret")); !errors.Is(err, tpmdev.ErrBusTampered) {
+		t.Errorf("Seal: %v, want ErrBusTampered", err)
+	}
+	if err := dev.SetOwnerAuth(ctx, nil, []byte("secret")); !errors.Is(err, tpmdev.ErrBusTampered) {
+		t.Errorf("SetOwnerAuth: %v, want ErrBusTampered", err)
+	}
+	if sent := bus.SecretCommandsSince(0); len(sent) > 0 {
+		t.Errorf("sent %v after the tampered answer, want none of the commands that carry a secret", sent)
+	}
+	if bytes.Contains(bus.Bytes(), []byte("secret")) {
+		t.Error("the secret crossed the bus")
+	}
+}
+
+// The session tokens reuse is kept across operations; when the TPM loses
+// it (a reset, a clear by another client that flushes sessions), the next
+// token starts another instead of failing.
+func TestKeptSessionLostIsReplaced(t *testing.T) {
+	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, _ func()) {
+		ctx := context.Background()
+		ek, srk := provision(t, dev)
+		key := randomBytes(t, 32)
+		wk := importKey(t, dev, ek, srk, key)
+		data := []byte("resource\n1700000000")
+		for i := range 3 {
+			mac, err := dev.HMAC(ctx, wk, data)
+			if err != nil {
+				t.Fatalf("token %d: %v", i+1, err)
+			}
+			if !bytes.Equal(mac, goHMAC(key, data)) {
+				t.Fatalf("token %d: HMAC differs from software", i+1)
+			}
+			if i > 0 {
+				continue
+			}
+			// Flush every session behind the Device's back.
+			err = dev.Exec(ctx, func(tpm transport.TPM) error {
+				rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x02000000, PropertyCount: 64}).Execute(tpm)
+				if err != nil {
+					return err
+				}
+				hs, err := rsp.CapabilityData.Data.Handles()
+				if err != nil {
+					return err
+				}
+				if len(hs.Handle) != 1 {
+					return fmt.Errorf("%d sessions loaded after a token, want the kept one", len(hs.Handle))
+				}
+				_, err = (tpm2.FlushContext{FlushHandle: hs.Handle[0]}).Execute(tpm)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
