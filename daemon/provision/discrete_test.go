@@ -292,11 +292,8 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// swtpm listens before it has made and written its state: the answer
-	// to a first command (one that changes nothing) waits for that.
-	if _, err := dev.Ownership(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	// StartSwtpm returns once swtpm has answered a command, so its state
+	// file is written.
 	perm := filepath.Join(info.StateDir, "tpm2-00.permall")
 	fresh, err := os.ReadFile(perm)
 	if err != nil {
