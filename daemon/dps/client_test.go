@@ -329,7 +329,6 @@ func TestChallengeAnswers(t *testing.T) {
 		{"key not a string", body(`{"authenticationKey":123,"keyName":"registration"}`), 0, true},
 		{"key empty", body(`{"authenticationKey":"","keyName":"registration"}`), 0, true},
 		{"key not base64", body(`{"authenticationKey":"AD*A","keyName":"registration"}`), 0, true},
-		{"no keyName", body(`{"authenticationKey":"ADQA"}`), 0, true},
 		{"keyName not a string", body(`{"authenticationKey":"ADQA","keyName":1}`), 0, true},
 	}
 	for _, tc := range tests {
@@ -342,6 +341,37 @@ func TestChallengeAnswers(t *testing.T) {
 				t.Errorf("error %v, want ErrProtocol", err)
 			case tc.wantHTTP != 0 && (!errors.As(err, &de) || de.HTTPStatus != tc.wantHTTP || !de.Permanent()):
 				t.Errorf("error %v, want a permanent *Error %d", err, tc.wantHTTP)
+			}
+		})
+	}
+}
+
+// TestChallengeKeyName: production DPS names the key "registration"; a
+// challenge that leaves keyName out (or null, or empty) means the same, as
+// Microsoft's Node SDK takes it. A keyName of the wrong type or size is
+// still refused.
+func TestChallengeKeyName(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       string // "" when refused
+	}{
+		{"present", `{"authenticationKey":"ADQA","keyName":"registration"}`, "registration"},
+		{"another name", `{"authenticationKey":"ADQA","keyName":"other"}`, "other"},
+		{"absent", `{"authenticationKey":"ADQA"}`, "registration"},
+		{"null", `{"authenticationKey":"ADQA","keyName":null}`, "registration"},
+		{"empty", `{"authenticationKey":"ADQA","keyName":""}`, "registration"},
+		{"not a string", `{"authenticationKey":"ADQA","keyName":1}`, ""},
+		{"too long", `{"authenticationKey":"ADQA","keyName":"` + strings.Repeat("k", 65) + `"}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ch, ok, err := parseChallenge([]byte(tc.body))
+			switch {
+			case !ok:
+				t.Fatalf("not taken for a challenge")
+			case tc.want == "" && !errors.Is(err, ErrProtocol):
+				t.Errorf("keyName accepted (%+v, %v), want ErrProtocol", ch, err)
+			case tc.want != "" && (err != nil || ch.KeyName != tc.want):
+				t.Errorf("challenge %+v, %v; want keyName %q", ch, err, tc.want)
 			}
 		})
 	}

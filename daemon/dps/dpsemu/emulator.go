@@ -149,11 +149,13 @@ func Start(opts Options) (*Emulator, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.cert)
 
+	counts := newStats()
 	hub := hubemu.New(hubemu.Options{
 		Log:           log.With("side", "hub"),
 		Hubs:          hubs,
 		TLS:           tlsConfig.Clone(),
 		MethodTimeout: opts.MethodTimeout,
+		OnConnect:     func() { counts.add(statHubConnect) },
 	})
 	polls := DefaultAssignAfterPolls
 	if opts.AssignAfterPolls != nil {
@@ -166,7 +168,7 @@ func Start(opts Options) (*Emulator, error) {
 		hubs:             hubs,
 		hub:              hub,
 		faults:           &faultState{},
-		stats:            newStats(),
+		stats:            counts,
 		assignAfterPolls: polls,
 		retryAfter:       opts.RetryAfter,
 		data:             data,

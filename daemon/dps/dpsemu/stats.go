@@ -19,6 +19,9 @@ const (
 	statDropped           = "dropped"
 	statAssigned          = "assigned" // assignments completed (hub identity written)
 	statTotal             = "total"
+	// statHubConnect counts MQTT CONNECTs to the hub, accepted or not; it
+	// is not a DPS request and not in total.
+	statHubConnect = "hub_connect"
 )
 
 // stats counts DPS requests by kind and by answer status.
