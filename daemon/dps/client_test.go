@@ -386,27 +386,31 @@ func TestChallengeStatusNull(t *testing.T) {
 
 func TestParseOperationRejects(t *testing.T) {
 	assigned := string(loadRecorded(t, "poll-200-assigned").Body)
-	tests := []struct{ name, body string }{
-		{"not JSON", `<html>`},
-		{"array", `[]`},
-		{"trailing data", `{"operationId":"1","status":"assigning"} {}`},
-		{"no operationId", `{"status":"assigning"}`},
-		{"operationId too long", `{"operationId":"` + strings.Repeat("x", maxOperationID+1) + `","status":"assigning"}`},
-		{"unknown status", `{"operationId":"1","status":"blacklisted"}`},
-		{"status wrong type", `{"operationId":"1","status":1}`},
-		{"assigned without state", `{"operationId":"1","status":"assigned"}`},
-		{"assigned without blob", strings.Replace(assigned, `"tpm"`, `"x509"`, 1)},
-		{"assigned without hub", strings.Replace(assigned, `"assignedHub"`, `"hub"`, 1)},
-		{"hub not a host name", strings.Replace(assigned, `contoso.azure-devices.net`, `contoso/x`, 1)},
-		{"device ID with a slash", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a/b`, 1)},
-		{"device ID with a wildcard", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a#`, 1)},
-		{"blob not base64", strings.Replace(assigned, `"authenticationKey": "ADQA`, `"authenticationKey": "*DQA`, 1)},
-		{"errorCode wrong type", `{"operationId":"1","status":"failed","registrationState":{"errorCode":"x"}}`},
+	tests := []struct {
+		name, body string
+		assigned   bool // ErrBadAssignment: DPS replaced the hub key, unusably
+	}{
+		{"not JSON", `<html>`, false},
+		{"array", `[]`, false},
+		{"trailing data", `{"operationId":"1","status":"assigning"} {}`, false},
+		{"no operationId", `{"status":"assigning"}`, false},
+		{"operationId too long", `{"operationId":"` + strings.Repeat("x", maxOperationID+1) + `","status":"assigning"}`, false},
+		{"unknown status", `{"operationId":"1","status":"blacklisted"}`, false},
+		{"status wrong type", `{"operationId":"1","status":1}`, false},
+		{"assigned without state", `{"operationId":"1","status":"assigned"}`, true},
+		{"assigned without blob", strings.Replace(assigned, `"tpm"`, `"x509"`, 1), true},
+		{"assigned without hub", strings.Replace(assigned, `"assignedHub"`, `"hub"`, 1), true},
+		{"hub not a host name", strings.Replace(assigned, `contoso.azure-devices.net`, `contoso/x`, 1), true},
+		{"device ID with a slash", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a/b`, 1), true},
+		{"device ID with a wildcard", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a#`, 1), true},
+		{"blob not base64", strings.Replace(assigned, `"authenticationKey": "ADQA`, `"authenticationKey": "*DQA`, 1), true},
+		{"errorCode wrong type", `{"operationId":"1","status":"failed","registrationState":{"errorCode":"x"}}`, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if op, err := parseOperation([]byte(tc.body)); !errors.Is(err, ErrProtocol) {
-				t.Errorf("got %+v, %v; want ErrProtocol", op, err)
+			op, err := parseOperation([]byte(tc.body))
+			if !errors.Is(err, ErrProtocol) || errors.Is(err, ErrBadAssignment) != tc.assigned {
+				t.Errorf("got %+v, %v; want ErrProtocol, ErrBadAssignment %t", op, err, tc.assigned)
 			}
 		})
 	}

@@ -232,6 +232,9 @@ func parseOperation(body []byte) (*Operation, error) {
 		}
 		if rs.TPM != nil && rs.TPM.AuthenticationKey != "" {
 			key, err := decodeBlob("registrationState.tpm.authenticationKey", rs.TPM.AuthenticationKey)
+			if err != nil && b.Status == StatusAssigned {
+				return nil, fmt.Errorf("%w (%w)", ErrBadAssignment, err)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -241,7 +244,7 @@ func parseOperation(body []byte) (*Operation, error) {
 	}
 	if op.Status == StatusAssigned {
 		if err := checkAssigned(op.State); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w (%w)", ErrBadAssignment, err)
 		}
 	}
 	return op, nil

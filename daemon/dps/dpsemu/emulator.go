@@ -234,6 +234,15 @@ func (e *Emulator) CAPath() string { return e.caPath }
 // RootCAs returns a pool holding the emulator's CA, for in-process clients.
 func (e *Emulator) RootCAs() *x509.CertPool { return e.roots }
 
+// SetFaults replaces the injected faults, as PUT /faults does.
+func (e *Emulator) SetFaults(f Faults) error {
+	if err := f.DPS.validate(); err != nil {
+		return err
+	}
+	e.svc.faults.set(f.DPS)
+	return nil
+}
+
 // Stats returns the DPS request counts, as GET /stats does.
 func (e *Emulator) Stats() map[string]int { return e.svc.stats.snapshot() }
 
