@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
@@ -57,4 +58,60 @@ func TestChallengeWithoutKeyName(t *testing.T) {
 	emu.faults(map[string]any{"omitKeyName": true})
 	d.start()
 	d.waitProvisioned()
+}
+
+// TestReplacedKeyThatDoesNotImport: DPS assigns the device (replacing the
+// hub key) but its key does not import in the TPM. The old key is dead on
+// the hub: no token may be signed with it any more, and the status must
+// not claim the hub accepts the device. The next attempt registers again.
+func TestReplacedKeyThatDoesNotImport(t *testing.T) {
+	emu, d, _ := provisioned(t, "")
+	d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+	emu.faults(map[string]any{"garbleKey": true})
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	s := d.waitFor("the failed import", func(s apitype.Status) bool {
+		return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "importing the hub identity")
+	})
+	if s.Hub.Result == "ok" {
+		t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
+	}
+	if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
+		t.Error("a token was signed with the key DPS replaced")
+	}
+
+	emu.faults(map[string]any{})
+	d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+	})
+	tok := d.token()
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+		t.Errorf("the hub refuses the new identity: %v", err)
+	}
+}
+
+// TestFailingRequestAcrossRestart: a technician's request that DPS keeps
+// failing (503) is kept across a restart and tried again; meanwhile the
+// identity DPS never replaced keeps signing tokens the hub accepts.
+func TestFailingRequestAcrossRestart(t *testing.T) {
+	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
+	emu.faults(map[string]any{"serverErrors": 1000000})
+	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+	}
+	d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	d.stop()
+	before := emu.stats()["server_error"]
+	d.start()
+	d.waitFor("the request tried again", func(s apitype.Status) bool {
+		return s.State == apitype.StateFailed && s.Reason == apitype.ReasonRequested && emu.stats()["server_error"] > before
+	})
+	tok := d.token()
+	if tok.DeviceID != s.DeviceID {
+		t.Errorf("token for %s, want %s", tok.DeviceID, s.DeviceID)
+	}
+	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+		t.Errorf("the hub refuses the identity DPS never replaced: %v", err)
+	}
 }

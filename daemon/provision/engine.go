@@ -187,7 +187,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	hubGate := false
 	failures, saveFailures := 0, 0
-	for {
+	for round := 0; ; round++ {
 		var err error
 		if reason == apitype.ReasonHubRejected && !hubGate {
 			if hubGate = e.hubRetryDue(); !hubGate {
@@ -195,7 +195,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			err = e.converge(ctx, dev, reason)
+			err = e.converge(ctx, dev, reason, round == 0)
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -308,8 +308,8 @@ func (e *Engine) fail(err error, n int) time.Duration {
 }
 
 // converge brings the device to provisioned. reason, when set, forces a new
-// registration.
-func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, reason apitype.Reason) error {
+// registration; first says this is the daemon's first round.
+func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, reason apitype.Reason, first bool) error {
 	rec := e.record()
 	// Unless a technician asks (having enrolled a new TPM), a TPM whose EK
 	// is not the recorded one is left alone.
@@ -328,10 +328,18 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, reason apityp
 		e.setIdentity(nil)
 	}
 
-	if reason == "" {
+	switch {
+	case reason == "":
 		reason, err = e.needsRegistration(ctx, dev, rec, fp)
 		if err != nil {
 			return err
+		}
+	case first:
+		// A start that resumes a registration: until DPS assigns a new key
+		// the recorded one may well work (DPS may have refused the
+		// request), so apps keep getting tokens meanwhile.
+		if _, err := e.needsRegistration(ctx, dev, rec, fp); err != nil {
+			e.log.Warn("the recorded identity does not load; registering all the same", "err", err)
 		}
 	}
 	// The TPM is usable and the identity proven or about to be obtained:
