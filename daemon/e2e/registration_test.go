@@ -60,34 +60,43 @@ func TestChallengeWithoutKeyName(t *testing.T) {
 	d.waitProvisioned()
 }
 
-// TestReplacedKeyThatDoesNotImport: DPS assigns the device (replacing the
-// hub key) but its key does not import in the TPM. The old key is dead on
-// the hub: no token may be signed with it any more, and the status must
-// not claim the hub accepts the device. The next attempt registers again.
-func TestReplacedKeyThatDoesNotImport(t *testing.T) {
-	emu, d, _ := provisioned(t, "")
-	d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
-	emu.faults(map[string]any{"garbleKey": true})
-	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
-		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
-	}
-	s := d.waitFor("the failed import", func(s apitype.Status) bool {
-		return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "importing the hub identity")
-	})
-	if s.Hub.Result == "ok" {
-		t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
-	}
-	if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
-		t.Error("a token was signed with the key DPS replaced")
-	}
+// TestReplacedKeyUnusable: DPS assigns the device (replacing the hub key)
+// but the answer cannot be used: its key does not import in the TPM, or it
+// names no valid hub. The old key is dead on the hub: no token may be
+// signed with it any more, and the status must not claim the hub accepts
+// the device. Asked again, the device registers again.
+func TestReplacedKeyUnusable(t *testing.T) {
+	for _, tc := range []struct {
+		name, fault, lastError string
+	}{
+		{"blob #2 does not import", "garbleKey", "importing the hub identity"},
+		{"no valid hub in the answer", "badAssignedHub", "assigned without a usable hub"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emu, d, _ := provisioned(t, "")
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			emu.faults(map[string]any{tc.fault: true})
+			reprovision(t, d)
+			s := d.waitFor("the failed registration", func(s apitype.Status) bool {
+				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
+			})
+			if s.Hub.Result == "ok" {
+				t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
+			}
+			if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
+				t.Error("a token was signed with the key DPS replaced")
+			}
 
-	emu.faults(map[string]any{})
-	d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
-	})
-	tok := d.token()
-	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
-		t.Errorf("the hub refuses the new identity: %v", err)
+			emu.faults(map[string]any{})
+			reprovision(t, d)
+			d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
+				return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+			})
+			tok := d.token()
+			if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
+				t.Errorf("the hub refuses the new identity: %v", err)
+			}
+		})
 	}
 }
 

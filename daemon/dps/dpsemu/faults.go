@@ -35,6 +35,10 @@ type DPSFaults struct {
 	// duplicate's outer HMAC), so that TPM2_Import fails; the hub keeps the
 	// real key. It stays on until a PUT turns it off.
 	GarbleKey bool `json:"garbleKey"`
+	// BadAssignedHub names a hub that is not a host name in "assigned"
+	// answers; the hub holds the new key all the same, as DPS would have
+	// replaced it. It stays on until a PUT turns it off.
+	BadAssignedHub bool `json:"badAssignedHub"`
 	// OmitKeyName leaves keyName out of challenges (production DPS always
 	// sends "registration"; the expected skn stays "registration").
 	OmitKeyName bool `json:"omitKeyName"`
@@ -154,6 +158,12 @@ func (s *faultState) garbleKey() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cur.GarbleKey
+}
+
+func (s *faultState) badAssignedHub() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.BadAssignedHub
 }
 
 func (s *faultState) omitKeyName() bool {

@@ -455,6 +455,9 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 		ETag:                   reg.ETag,
 		Payload:                op.payload,
 	}
+	if s.faults.badAssignedHub() {
+		state.AssignedHub = "not a host name/" + hub
+	}
 	return state, nil
 }
 
