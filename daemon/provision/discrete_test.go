@@ -259,7 +259,14 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	dir := t.TempDir()
 	info := tpmtest.StartSwtpm(t, dir)
 	perm := filepath.Join(info.StateDir, "tpm2-00.permall")
-	fresh, err := os.ReadFile(perm)
+	// swtpm may listen before it has written its state: wait for the file.
+	var fresh []byte
+	var err error
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if fresh, err = os.ReadFile(perm); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("reading the fresh TPM's state: %v", err)
 	}
