@@ -22,6 +22,9 @@
 // registration never completed and DiscardStaged drops it. Between those
 // points there is exactly one identity.key, the old one or the new one.
 //
+// CheckWritable proves, before a registration, that a switch can be
+// written: it writes, flushes and removes .probe.tmp.
+//
 // A missing state.json means a fresh device. Nothing is written when nothing
 // changed (Save compares with the file), so a restart writes no file.
 //
