@@ -11,6 +11,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -80,6 +81,9 @@ func (r *run) stateDir(context.Context) apitype.Check {
 		if err := syscall.Access(dir, unixWrite|unixExec); err != nil {
 			return fail(NameStateDir, fmt.Sprintf("%s (%s) is not writable by this process: %v", dir, describeMode(fi), err), fixCreate)
 		}
+		if c, bad := probeStateDir(dir); bad {
+			return c
+		}
 		return pass(NameStateDir, fmt.Sprintf("%s writable (%s)", dir, describeMode(fi)))
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
@@ -87,10 +91,24 @@ func (r *run) stateDir(context.Context) apitype.Check {
 		return fail(NameStateDir, fmt.Sprintf("%s (%s) is not writable by %s", dir, describeMode(fi), r.env.ServiceUser),
 			fmt.Sprintf("chown -R %s: %s && chmod 0700 %s", r.env.ServiceUser, dir, dir))
 	}
+	if c, bad := probeStateDir(dir); bad {
+		return c
+	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return warn(NameStateDir, fmt.Sprintf("%s (%s) is open to other users", dir, describeMode(fi)), "chmod 0700 "+dir)
 	}
 	return pass(NameStateDir, fmt.Sprintf("%s writable by %s (%s)", dir, r.env.ServiceUser, describeMode(fi)))
+}
+
+// probeStateDir writes what a new identity needs into dir (and removes
+// it): permissions are not enough, a full or read-only file system refuses
+// the key DPS has just replaced the old one with.
+func probeStateDir(dir string) (apitype.Check, bool) {
+	if err := (state.Store{Dir: dir}).CheckWritable(state.CommitSpace); err != nil {
+		return fail(NameStateDir, err.Error(),
+			"free space on its file system (df "+dir+"), remount it read-write, or move away what is in the way"), true
+	}
+	return apitype.Check{}, false
 }
 
 // unixExec is access(2)'s X_OK: entering the directory.

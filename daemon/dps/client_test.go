@@ -329,7 +329,6 @@ func TestChallengeAnswers(t *testing.T) {
 		{"key not a string", body(`{"authenticationKey":123,"keyName":"registration"}`), 0, true},
 		{"key empty", body(`{"authenticationKey":"","keyName":"registration"}`), 0, true},
 		{"key not base64", body(`{"authenticationKey":"AD*A","keyName":"registration"}`), 0, true},
-		{"no keyName", body(`{"authenticationKey":"ADQA"}`), 0, true},
 		{"keyName not a string", body(`{"authenticationKey":"ADQA","keyName":1}`), 0, true},
 	}
 	for _, tc := range tests {
@@ -347,6 +346,37 @@ func TestChallengeAnswers(t *testing.T) {
 	}
 }
 
+// TestChallengeKeyName: production DPS names the key "registration"; a
+// challenge that leaves keyName out (or null, or empty) means the same, as
+// Microsoft's Node SDK takes it. A keyName of the wrong type or size is
+// still refused.
+func TestChallengeKeyName(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       string // "" when refused
+	}{
+		{"present", `{"authenticationKey":"ADQA","keyName":"registration"}`, "registration"},
+		{"another name", `{"authenticationKey":"ADQA","keyName":"other"}`, "other"},
+		{"absent", `{"authenticationKey":"ADQA"}`, "registration"},
+		{"null", `{"authenticationKey":"ADQA","keyName":null}`, "registration"},
+		{"empty", `{"authenticationKey":"ADQA","keyName":""}`, "registration"},
+		{"not a string", `{"authenticationKey":"ADQA","keyName":1}`, ""},
+		{"too long", `{"authenticationKey":"ADQA","keyName":"` + strings.Repeat("k", 65) + `"}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ch, ok, err := parseChallenge([]byte(tc.body))
+			switch {
+			case !ok:
+				t.Fatalf("not taken for a challenge")
+			case tc.want == "" && !errors.Is(err, ErrProtocol):
+				t.Errorf("keyName accepted (%+v, %v), want ErrProtocol", ch, err)
+			case tc.want != "" && (err != nil || ch.KeyName != tc.want):
+				t.Errorf("challenge %+v, %v; want keyName %q", ch, err, tc.want)
+			}
+		})
+	}
+}
+
 func TestChallengeStatusNull(t *testing.T) {
 	ch, ok, err := parseChallenge([]byte(`{"status":null,"authenticationKey":"ADQA","keyName":"registration","unencryptedAuthenticationKey":null}`))
 	if err != nil || !ok || ch.KeyName != "registration" {
@@ -356,31 +386,35 @@ func TestChallengeStatusNull(t *testing.T) {
 
 func TestParseOperationRejects(t *testing.T) {
 	assigned := string(loadRecorded(t, "poll-200-assigned").Body)
-	tests := []struct{ name, body string }{
-		{"not JSON", `<html>`},
-		{"array", `[]`},
-		{"trailing data", `{"operationId":"1","status":"assigning"} {}`},
-		{"no operationId", `{"status":"assigning"}`},
-		{"operationId too long", `{"operationId":"` + strings.Repeat("x", maxOperationID+1) + `","status":"assigning"}`},
-		{"unknown status", `{"operationId":"1","status":"blacklisted"}`},
-		{"status wrong type", `{"operationId":"1","status":1}`},
-		{"assigned without state", `{"operationId":"1","status":"assigned"}`},
-		{"assigned without blob", strings.Replace(assigned, `"tpm"`, `"x509"`, 1)},
-		{"assigned without hub", strings.Replace(assigned, `"assignedHub"`, `"hub"`, 1)},
-		{"hub not a host name", strings.Replace(assigned, `contoso.azure-devices.net`, `contoso/x`, 1)},
-		{"device ID with a slash", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a/b`, 1)},
-		{"device ID with a wildcard", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a#`, 1)},
-		{"blob not base64", strings.Replace(assigned, `"authenticationKey": "ADQA`, `"authenticationKey": "*DQA`, 1)},
-		{"errorCode wrong type", `{"operationId":"1","status":"failed","registrationState":{"errorCode":"x"}}`},
-		{"chain element not base64", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": ["*x"], "etag"`, 1)},
-		{"chain element empty", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [""], "etag"`, 1)},
-		{"chain too long", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [`+strings.Repeat(`"AA==",`, maxChain)+`"AA=="], "etag"`, 1)},
-		{"chain not an array", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": "AA==", "etag"`, 1)},
+	tests := []struct {
+		name, body string
+		assigned   bool // ErrBadAssignment: DPS replaced the hub key, unusably
+	}{
+		{"not JSON", `<html>`, false},
+		{"array", `[]`, false},
+		{"trailing data", `{"operationId":"1","status":"assigning"} {}`, false},
+		{"no operationId", `{"status":"assigning"}`, false},
+		{"operationId too long", `{"operationId":"` + strings.Repeat("x", maxOperationID+1) + `","status":"assigning"}`, false},
+		{"unknown status", `{"operationId":"1","status":"blacklisted"}`, false},
+		{"status wrong type", `{"operationId":"1","status":1}`, false},
+		{"assigned without state", `{"operationId":"1","status":"assigned"}`, true},
+		{"assigned without blob", strings.Replace(assigned, `"tpm"`, `"x509"`, 1), true},
+		{"assigned without hub", strings.Replace(assigned, `"assignedHub"`, `"hub"`, 1), true},
+		{"hub not a host name", strings.Replace(assigned, `contoso.azure-devices.net`, `contoso/x`, 1), true},
+		{"device ID with a slash", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a/b`, 1), true},
+		{"device ID with a wildcard", strings.Replace(assigned, `"deviceId": "`+testRegID, `"deviceId": "a#`, 1), true},
+		{"blob not base64", strings.Replace(assigned, `"authenticationKey": "ADQA`, `"authenticationKey": "*DQA`, 1), true},
+		{"errorCode wrong type", `{"operationId":"1","status":"failed","registrationState":{"errorCode":"x"}}`, false},
+		{"chain element not base64", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": ["*x"], "etag"`, 1), true},
+		{"chain element empty", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [""], "etag"`, 1), true},
+		{"chain too long", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": [`+strings.Repeat(`"AA==",`, maxChain)+`"AA=="], "etag"`, 1), true},
+		{"chain not an array", strings.Replace(assigned, `"etag"`, `"issuedCertificateChain": "AA==", "etag"`, 1), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if op, err := parseOperation([]byte(tc.body)); !errors.Is(err, ErrProtocol) {
-				t.Errorf("got %+v, %v; want ErrProtocol", op, err)
+			op, err := parseOperation([]byte(tc.body))
+			if !errors.Is(err, ErrProtocol) || errors.Is(err, ErrBadAssignment) != tc.assigned {
+				t.Errorf("got %+v, %v; want ErrProtocol, ErrBadAssignment %t", op, err, tc.assigned)
 			}
 		})
 	}

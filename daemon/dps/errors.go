@@ -16,6 +16,10 @@ var (
 	// `assigned` without its mandatory fields). Not retried soon by itself:
 	// it usually means a proxy or endpoint that is not DPS.
 	ErrProtocol = errors.New("unexpected DPS response")
+	// ErrBadAssignment: DPS answered `assigned` without a usable hub,
+	// device ID or key. It also matches ErrProtocol. DPS has replaced the
+	// hub key all the same, so the device's previous key is dead.
+	ErrBadAssignment = fmt.Errorf("%w: assigned without a usable hub, device ID or key", ErrProtocol)
 )
 
 // Error is a failed exchange with DPS: an HTTP error status with its

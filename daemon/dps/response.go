@@ -22,12 +22,17 @@ const (
 	StatusDisabled   = "disabled"
 )
 
+// DefaultKeyName is the key name production DPS sends in every challenge,
+// used when a challenge names none.
+const DefaultKeyName = "registration"
+
 // Challenge is the 401 answer to the first PUT (§5.2).
 type Challenge struct {
 	// AuthenticationKey is blob #1, base64-decoded (parse it with
 	// tpmdev/authblob).
 	AuthenticationKey []byte
-	// KeyName goes into the SAS token's skn ("registration").
+	// KeyName goes into the SAS token's skn: the challenge's keyName, or
+	// DefaultKeyName when it names none.
 	KeyName string
 	// ServerDate is the response's Date header; zero when absent.
 	ServerDate time.Time
@@ -136,7 +141,8 @@ type challengeBody struct {
 // a challenge at all (no authenticationKey: a plain 401 error), and an
 // error when it claims to be one but breaks the §5.2 shape: a status member
 // (the C SDK takes "no status" as the challenge marker), an
-// authenticationKey that is not a base64 string, no keyName.
+// authenticationKey that is not a base64 string, a keyName that is not a
+// short string. An absent, null or empty keyName means DefaultKeyName.
 func parseChallenge(body []byte) (ch *Challenge, ok bool, err error) {
 	var b challengeBody
 	if decodeObject(body, &b) != nil || len(b.AuthenticationKey) == 0 || string(b.AuthenticationKey) == "null" {
@@ -153,8 +159,13 @@ func parseChallenge(body []byte) (ch *Challenge, ok bool, err error) {
 	if err != nil {
 		return nil, true, err
 	}
-	if json.Unmarshal(b.KeyName, &keyName) != nil || keyName == "" || len(keyName) > maxKeyName {
-		return nil, true, fmt.Errorf("%w: challenge without a usable keyName", ErrProtocol)
+	if len(b.KeyName) != 0 && (json.Unmarshal(b.KeyName, &keyName) != nil || len(keyName) > maxKeyName) {
+		return nil, true, fmt.Errorf("%w: challenge with an unusable keyName", ErrProtocol)
+	}
+	if keyName == "" {
+		// Production DPS always names it; the Node SDK signs with this
+		// name when it does not, and so does dpsd.
+		keyName = DefaultKeyName
 	}
 	return &Challenge{AuthenticationKey: key, KeyName: keyName}, true, nil
 }
@@ -254,12 +265,18 @@ func parseOperation(body []byte) (*Operation, error) {
 		}
 		if rs.TPM != nil && rs.TPM.AuthenticationKey != "" {
 			key, err := decodeBlob("registrationState.tpm.authenticationKey", rs.TPM.AuthenticationKey)
+			if err != nil && b.Status == StatusAssigned {
+				return nil, fmt.Errorf("%w (%w)", ErrBadAssignment, err)
+			}
 			if err != nil {
 				return nil, err
 			}
 			st.TPM.AuthenticationKey = key
 		}
 		chain, err := decodeChain(rs.Chain)
+		if err != nil && b.Status == StatusAssigned {
+			return nil, fmt.Errorf("%w (%w)", ErrBadAssignment, err)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -268,7 +285,7 @@ func parseOperation(body []byte) (*Operation, error) {
 	}
 	if op.Status == StatusAssigned {
 		if err := checkAssigned(op.State); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w (%w)", ErrBadAssignment, err)
 		}
 	}
 	return op, nil

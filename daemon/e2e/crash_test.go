@@ -110,23 +110,34 @@ func TestInterruptedSwitch(t *testing.T) {
 }
 
 // TestKilledDuringReregistration cuts the power while a technician's
-// re-registration waits for DPS: the device must come back with the
-// identity it had, working.
+// re-registration waits for DPS: the request must survive it, and the next
+// start registers again (reason requested) and ends with one working
+// identity.
 func TestKilledDuringReregistration(t *testing.T) {
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	old := d.stuckReregistration()
+	before := registrations(t, emu, s.RegistrationID)
 	d.kill()
 
 	emu.faults(map[string]any{})
 	d.start()
-	again := d.waitProvisioned()
+	again := d.waitFor("the request carried out after the power cut", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+	})
 	consistent(t, d)
+	if n := registrations(t, emu, s.RegistrationID); n != before+1 {
+		t.Errorf("%d assignments, want %d: the request registers once", n, before+1)
+	}
 	now, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
-	if err != nil || string(now) != string(old) || again.DeviceID != s.DeviceID {
-		t.Fatalf("the identity changed although DPS never assigned the device (err %v)", err)
+	if err != nil || string(now) == string(old) || again.DeviceID != s.DeviceID {
+		t.Fatalf("identity after the resumed registration: changed %t, device %s (was %s), err %v",
+			string(now) != string(old), again.DeviceID, s.DeviceID, err)
+	}
+	if p, ok := d.record()["pendingReason"]; ok {
+		t.Errorf("the completed request is still pending in state.json: %v", p)
 	}
 	tok := d.token()
 	if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
-		t.Errorf("the hub refuses the identity kept across the power cut: %v", err)
+		t.Errorf("the hub refuses the identity of the resumed registration: %v", err)
 	}
 }

@@ -215,6 +215,10 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 				emu.faults(dpsFaults)
 			}
 			d.start()
+			// The record says the hub accepted this identity, so the start
+			// does not ask it; a technician's check does.
+			d.waitProvisioned()
+			d.cli("check", "--socket", d.socket)
 			s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool {
 				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "still refuses")
 			})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/sas"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
@@ -106,14 +107,29 @@ func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
 // call concurrently with the engine's.
 func (e *Engine) TPM() *tpmdev.Device { return e.device() }
 
-// CheckIdentity proves that the hub identity still loads in the TPM. Its
-// error wraps fs.ErrNotExist when there is none yet.
+// CheckIdentity is a technician's `dpsd check` of the hub identity: it
+// proves that the key still loads in the TPM and, when the config wants
+// the credential verified and no session is kept, that the hub accepts it
+// (the one time besides a new identity or a rejection that dpsd connects
+// for a check). Its error wraps fs.ErrNotExist when there is no identity
+// yet and hub.ErrRejected when the hub refuses it (a re-registration
+// follows); an unreachable hub is left to the network checks.
 func (e *Engine) CheckIdentity(ctx context.Context) error {
 	id := e.currentIdentity()
 	if id == nil {
 		return fmt.Errorf("no hub identity yet: %w", fs.ErrNotExist)
 	}
-	return e.device().LoadCheck(ctx, id.key)
+	if err := e.device().LoadCheck(ctx, id.key); err != nil {
+		return err
+	}
+	if !e.hubCheckOnRequest() {
+		return nil
+	}
+	if err := e.proveWithHub(ctx, id); errors.Is(err, hub.ErrRejected) {
+		e.Reprovision(apitype.ReasonHubRejected)
+		return fmt.Errorf("the hub refuses the device (a new registration follows): %w", err)
+	}
+	return nil
 }
 
 // stuckTPM is how long one TPM command may take before the daemon counts

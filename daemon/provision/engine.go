@@ -72,13 +72,20 @@ type Engine struct {
 	ekPublic                 []byte // the EK's TPM2B_PUBLIC, once read
 	readyOnce                sync.Once
 
-	// Hub bookkeeping. hubVerified is the identity the hub last accepted;
-	// session belongs to Run's goroutine; hubRejections (rejections since
-	// the hub last accepted the device) is shared with the session
-	// goroutine and guarded by mu.
-	hubVerified   *identity
+	// Hub bookkeeping. session belongs to Run's goroutine; hubRejections
+	// (rejections since the hub last accepted the device) is shared with
+	// the session goroutine and guarded by mu; hubMu lets one hub check
+	// run at a time (Run's, or a technician's through CheckIdentity).
 	session       *session
 	hubRejections int
+	hubMu         sync.Mutex
+
+	// recMu guards the record (record.go): rec is what state.json holds
+	// or should hold, and unsavedKey the identity key it names when that
+	// is not on disk yet (the disk refused it after DPS had assigned it).
+	recMu      sync.Mutex
+	rec        state.State
+	unsavedKey []byte
 
 	// pending is the strongest request since Run last looked (guarded by
 	// mu): a technician's request outranks a hub rejection, which
@@ -102,6 +109,9 @@ func New(o Options) *Engine {
 	}
 	if o.Retry == (Retry{}) {
 		o.Retry = DefaultRetry
+	}
+	if o.Retry.Assign <= 0 {
+		o.Retry.Assign = DefaultRetry.Assign
 	}
 	e := &Engine{
 		o:    o,
@@ -182,13 +192,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.stopSession()
 
 	// reason forces a registration; it is kept until one succeeds, so a
-	// technician's request survives a transient DPS failure. hubGate is
-	// whether a hub rejection has been allowed its registration: decided
-	// once per rejection, not once per retry of it.
-	reason := apitype.Reason("")
+	// technician's request survives a transient DPS failure, and the
+	// record keeps it across restarts. hubGate is whether a hub rejection
+	// has been allowed its registration: decided once per rejection, not
+	// once per retry of it.
+	reason := resumedReason(rec)
+	if reason != "" {
+		e.log.Info("resuming a registration that did not complete", "reason", string(reason))
+	}
 	hubGate := false
-	failures := 0
-	for {
+	failures, saveFailures := 0, 0
+	for round := 0; ; round++ {
 		var err error
 		if reason == apitype.ReasonHubRejected && !hubGate {
 			if hubGate = e.hubRetryDue(); !hubGate {
@@ -196,10 +210,14 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			err = e.converge(ctx, dev, &rec, reason)
+			err = e.converge(ctx, dev, reason, round == 0)
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errRestartRequested) {
+			reason, hubGate = apitype.ReasonRequested, false
+			continue
 		}
 		var wait time.Duration
 		if err != nil {
@@ -213,12 +231,16 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		} else {
 			reason, hubGate, failures = "", false, 0
-			e.update(func(s *apitype.Status) { s.LastError = nil; s.NextAttemptAt = nil })
-			if r := e.checkHub(ctx, &rec); r != "" {
+			if r := e.checkHub(ctx); r != "" {
 				reason = r
 				continue
 			}
 			wait = e.cfg.TPM.CheckInterval
+			if e.identityUnsaved() {
+				wait, saveFailures = e.saveIdentityAgain(saveFailures)
+			} else {
+				e.update(func(s *apitype.Status) { s.LastError = nil; s.NextAttemptAt = nil })
+			}
 		}
 		// A failure before the TPM was usable (owned by someone else, say)
 		// must not keep systemd waiting for READY until its start timeout
@@ -236,6 +258,41 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Info("registration requested", "reason", string(r))
 		}
 	}
+}
+
+// resumedReason is the registration a start must carry on with: one a
+// technician asked for, or one sent to DPS, that had not completed when
+// the daemon stopped.
+func resumedReason(rec state.State) apitype.Reason {
+	return apitype.Reason(rec.PendingReason)
+}
+
+// expectedEK is the EK digest the TPM must have for this round: the
+// recorded one, except when a technician asked for a registration (after
+// enrolling a replaced TPM); "" accepts any.
+func expectedEK(rec state.State, reason apitype.Reason) string {
+	if reason == apitype.ReasonRequested {
+		return ""
+	}
+	return rec.EKDigest
+}
+
+// saveIdentityAgain tries again to write an identity that is in use but
+// not on disk, and returns the wait before the next round with the count
+// of consecutive failed saves. The device stays provisioned meanwhile.
+func (e *Engine) saveIdentityAgain(failures int) (time.Duration, int) {
+	err := e.saveRecord()
+	if err == nil {
+		e.log.Info("saved the hub identity in use")
+		return e.cfg.TPM.CheckInterval, 0
+	}
+	failures++
+	wait := min(e.o.Retry.Delay(failures, 0, false), e.cfg.TPM.CheckInterval)
+	next := e.now().Add(wait).UTC().Truncate(time.Second)
+	msg := "the hub identity in use is kept in memory only (a restart now would register again): " + err.Error()
+	e.update(func(s *apitype.Status) { s.LastError, s.NextAttemptAt = &msg, &next })
+	e.log.Error("saving the hub identity failed", "attempt", failures, "retry_in", wait.Round(time.Second).String(), "err", err)
+	return wait, failures
 }
 
 // fail records a failed attempt and returns how long to wait before the
@@ -274,15 +331,12 @@ func (e *Engine) fail(err error, n int) time.Duration {
 }
 
 // converge brings the device to provisioned. reason, when set, forces a new
-// registration.
-func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.State, reason apitype.Reason) error {
-	// Unless a registration is forced (a technician enrolled a new TPM),
-	// a TPM whose EK is not the recorded one is left alone.
-	expectEK := rec.EKDigest
-	if reason != "" {
-		expectEK = ""
-	}
-	keys, err := e.setupTPM(ctx, dev, expectEK)
+// registration; first says this is the daemon's first round.
+func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, reason apitype.Reason, first bool) error {
+	rec := e.record()
+	// Unless a technician asks (having enrolled a new TPM), a TPM whose EK
+	// is not the recorded one is left alone.
+	keys, err := e.setupTPM(ctx, dev, expectedEK(rec, reason))
 	if err != nil {
 		if !errors.Is(err, tpmdev.ErrUnreachable) {
 			// The status must not keep stale or unread facts of a TPM that
@@ -302,10 +356,18 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 		e.dropIdentity("the SRK at 0x81000001 changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
 	}
 
-	if reason == "" {
+	switch {
+	case reason == "":
 		reason, err = e.needsRegistration(ctx, dev, rec, fp)
 		if err != nil {
 			return err
+		}
+	case first:
+		// A start that resumes a registration: until DPS assigns a new key
+		// the recorded one may well work (DPS may have refused the
+		// request), so apps keep getting tokens meanwhile.
+		if _, err := e.needsRegistration(ctx, dev, rec, fp); err != nil {
+			e.log.Warn("the recorded identity does not load; registering all the same", "err", err)
 		}
 	}
 	// The TPM is usable and the identity proven or about to be obtained:
@@ -329,9 +391,10 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 	e.update(func(s *apitype.Status) { s.Reason = reason; s.Attempts++ })
 	e.log.Info("registration started", "reason", string(reason))
 	start := e.o.Now()
-	if err := e.register(ctx, dev, keys, rec, reason); err != nil {
+	if err := e.register(ctx, dev, keys, reason); err != nil {
 		return fmt.Errorf("registering with DPS (%s): %w", reason, err)
 	}
+	rec = e.record()
 	e.log.Info("registration finished", "reason", string(reason), "hub", rec.AssignedHub,
 		"device_id", rec.DeviceID, "took", e.o.Now().Sub(start).Round(time.Millisecond).String())
 	e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
@@ -341,7 +404,7 @@ func (e *Engine) converge(ctx context.Context, dev *tpmdev.Device, rec *state.St
 // needsRegistration compares what the device is with what it was
 // provisioned as, and proves the stored identity still loads. An empty
 // reason means the device is provisioned and nothing needs doing.
-func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec *state.State, fp fingerprint) (apitype.Reason, error) {
+func (e *Engine) needsRegistration(ctx context.Context, dev *tpmdev.Device, rec state.State, fp fingerprint) (apitype.Reason, error) {
 	switch {
 	case rec.RegistrationID == "":
 		return apitype.ReasonFirstBoot, nil

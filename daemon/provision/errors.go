@@ -34,6 +34,14 @@ var errOwnerAuthMissing = errors.New("the TPM's owner auth is set but dpsd has n
 // server's clock is known yet; tokens signed now would be rejected.
 var errClockUnset = errors.New("the system clock is before this build's date: waiting for time sync (systemd-timesyncd or NTP)")
 
+// errRestartRequested: a technician asked for a registration while DPS was
+// still assigning the previous one; Run starts over at once.
+var errRestartRequested = errors.New("a new registration was requested while DPS was assigning")
+
+// errAssignTimeout: DPS (or a proxy) kept answering "assigning" for longer
+// than one registration may poll; Run backs off and starts over.
+var errAssignTimeout = errors.New("DPS did not assign the device in time")
+
 // permanent marks an error that retrying soon will not fix: the state
 // becomes failed (or disabled) and the next attempt is slow.
 type permanent struct{ err error }

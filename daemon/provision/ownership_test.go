@@ -68,7 +68,9 @@ func TestOwnershipTakenAfterInterruptedFirstBoot(t *testing.T) {
 	go func() { defer close(done); _ = e.Run(ctx) }()
 
 	waitFor(t, "the first failure", func() bool { return e.Status().LastError != nil })
-	if err := os.RemoveAll(filepath.Dir(obstacle)); err != nil {
+	// Moved away in one step: the engine retries every 20 ms and may
+	// create the temporary file again while a RemoveAll walks the tree.
+	if err := os.Rename(filepath.Dir(obstacle), filepath.Join(t.TempDir(), "obstacle")); err != nil {
 		t.Fatal(err)
 	}
 	// The next attempts get as far as DPS (which is down).

@@ -8,8 +8,8 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 )
 
-// loadRecord reads the provisioning record and finishes or undoes an
-// identity switch that a crash interrupted.
+// loadRecord reads the provisioning record, makes it the engine's, and
+// finishes or undoes an identity switch that a crash interrupted.
 func (e *Engine) loadRecord() state.State {
 	rec, found, err := e.o.Store.Load()
 	if err != nil {
@@ -34,6 +34,9 @@ func (e *Engine) loadRecord() state.State {
 	if !found {
 		return state.State{}
 	}
+	e.recMu.Lock()
+	e.rec = rec
+	e.recMu.Unlock()
 	e.update(func(s *apitype.Status) {
 		s.RegistrationID = rec.RegistrationID
 		s.AssignedHub = rec.AssignedHub
@@ -45,6 +48,75 @@ func (e *Engine) loadRecord() state.State {
 		}
 	})
 	return rec
+}
+
+// The engine's record is what state.json holds or, after a failed save,
+// should hold. recMu serializes every change and save of it: Run, a
+// technician's request and the hub session all write it.
+
+// record returns a copy of the record.
+func (e *Engine) record() state.State {
+	e.recMu.Lock()
+	defer e.recMu.Unlock()
+	return e.rec
+}
+
+// changeRecord applies f to the record and saves it. The change stands in
+// memory even when the save fails; the caller decides what that means.
+func (e *Engine) changeRecord(f func(*state.State)) error {
+	e.recMu.Lock()
+	defer e.recMu.Unlock()
+	f(&e.rec)
+	return e.saveLocked()
+}
+
+// adoptRecord makes next, which names the identity key raw, the record,
+// and switches the identity on disk. When that fails, the key stays in
+// memory (unsaved) and every later save tries the whole switch again.
+func (e *Engine) adoptRecord(next state.State, raw []byte) error {
+	e.recMu.Lock()
+	defer e.recMu.Unlock()
+	e.rec, e.unsavedKey = next, raw
+	return e.saveLocked()
+}
+
+// saveRecord saves the record again (after a failed save).
+func (e *Engine) saveRecord() error {
+	e.recMu.Lock()
+	defer e.recMu.Unlock()
+	return e.saveLocked()
+}
+
+// identityUnsaved reports whether the identity in use is not on disk yet.
+func (e *Engine) identityUnsaved() bool {
+	e.recMu.Lock()
+	defer e.recMu.Unlock()
+	return e.unsavedKey != nil
+}
+
+// saveLocked writes the record; with an identity key not on disk yet, the
+// whole switch, so that a crash at any point leaves either the old
+// identity with the old record or the new with the new: stage the key,
+// save the record that names it, rename it in (loadRecord finishes or
+// undoes a switch a crash interrupted).
+func (e *Engine) saveLocked() error {
+	if e.unsavedKey == nil {
+		_, err := e.o.Store.Save(e.rec)
+		return err
+	}
+	if err := e.o.Store.StageIdentity(e.unsavedKey); err != nil {
+		return err // names what it was staging
+	}
+	if _, err := e.o.Store.Save(e.rec); err != nil {
+		_ = e.o.Store.DiscardStaged()
+		return err
+	}
+	if err := e.o.Store.CommitIdentity(); err != nil {
+		// The record names the staged key: the next start finishes this.
+		return err
+	}
+	e.unsavedKey = nil
+	return nil
 }
 
 func digest(b []byte) string {

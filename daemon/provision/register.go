@@ -34,8 +34,9 @@ const defaultPoll = 2 * time.Second
 
 // register performs one DPS registration and, on "assigned", switches the
 // device to the new identity. The old identity stays in place (and keeps
-// working) until DPS has assigned the device.
-func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, rec *state.State, reason apitype.Reason) error {
+// working) until DPS has assigned the device; from then on the hub knows
+// only the new key, which is kept and used even when the disk refuses it.
+func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, reason apitype.Reason) error {
 	regID := e.cfg.Provisioning.RegistrationID
 	if regID == "" {
 		regID = dps.RegistrationID(keys.ek.Public)
@@ -63,35 +64,22 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 	if err != nil {
 		return fmt.Errorf("signing the registration token in the TPM: %w", err)
 	}
+	if err := e.prepareSwitch(reason); err != nil {
+		return err
+	}
 	op, err := e.o.DPS.Register(ctx, regID, keys.ek.Public, keys.srk.Public, payload, token)
 	if err != nil {
+		e.dropIfReplaced(err)
 		return fmt.Errorf("sending the registration: %w", err)
 	}
-
-	e.setPhase(apitype.StateAssigning, "waiting for DPS to assign a hub")
-	for op.Status == "assigning" || op.Status == "unassigned" {
-		wait := min(op.RetryAfter, e.o.Retry.Max)
-		if wait <= 0 {
-			wait = defaultPoll
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		if op, err = e.o.DPS.Poll(ctx, regID, op.ID, token); err != nil {
-			var de *dps.Error
-			if errors.As(err, &de) && (de.HTTPStatus == http.StatusUnauthorized || de.HTTPStatus == http.StatusNotFound) {
-				err = restart{err}
-			}
-			return fmt.Errorf("polling the registration: %w", err)
-		}
+	if op, err = e.awaitAssignment(ctx, regID, op, token); err != nil {
+		return err
 	}
 	switch op.Status {
-	case "assigned":
-	case "disabled":
+	case dps.StatusAssigned:
+	case dps.StatusDisabled:
 		return ErrDisabled
-	case "failed":
+	case dps.StatusFailed:
 		msg := "no reason given"
 		if op.State != nil {
 			msg = fmt.Sprintf("error %d: %s", op.State.ErrorCode, op.State.ErrorMessage)
@@ -100,30 +88,98 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 	default:
 		return fmt.Errorf("DPS answered with the unknown status %q", op.Status)
 	}
+	// The dps client has checked the answer (hub name, device ID, key).
 	rs := op.State
-	if rs == nil || rs.AssignedHub == "" || rs.DeviceID == "" || len(rs.TPM.AuthenticationKey) == 0 {
-		return errors.New("DPS answered assigned without assignedHub, deviceId or tpm.authenticationKey")
+	if rs == nil || len(rs.TPM.AuthenticationKey) == 0 {
+		e.dropReplacedIdentity(dps.ErrBadAssignment)
+		return dps.ErrBadAssignment
 	}
 	key, err := e.importBlob(ctx, dev, keys, rs.TPM.AuthenticationKey)
 	if err != nil {
+		e.dropReplacedIdentity(err)
 		return fmt.Errorf("importing the hub identity: %w", err)
 	}
-	return e.commit(ctx, dev, keys, rec, key, regID, rs, reason)
+	return e.commit(ctx, dev, keys, key, regID, rs, reason)
 }
 
-// commit switches to the new identity so that a crash at any point leaves
-// either the old identity with the old record or the new with the new:
-// stage the key, save the record that names it, then rename the key in.
-// loadRecord finishes or undoes a switch a crash interrupted.
-func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, rec *state.State, key *tpmdev.WrappedKey, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
+// awaitAssignment polls the operation until DPS has decided, within
+// Retry.Assign. A technician's request cuts it short (errRestartRequested).
+func (e *Engine) awaitAssignment(ctx context.Context, regID string, op *dps.Operation, token string) (*dps.Operation, error) {
+	e.setPhase(apitype.StateAssigning, "waiting for DPS to assign a hub")
+	deadline := time.Now().Add(e.o.Retry.Assign)
+	for op.Status == dps.StatusAssigning || op.Status == dps.StatusUnassigned {
+		wait, ok := pollDelay(op.RetryAfter, e.o.Retry.Max, time.Until(deadline))
+		if !ok {
+			return nil, fmt.Errorf("%w: still %q after %s; starting over", errAssignTimeout, op.Status, e.o.Retry.Assign)
+		}
+		if err := e.pollWait(ctx, wait); err != nil {
+			return nil, err
+		}
+		var err error
+		if op, err = e.o.DPS.Poll(ctx, regID, op.ID, token); err != nil {
+			e.dropIfReplaced(err)
+			var de *dps.Error
+			if errors.As(err, &de) && (de.HTTPStatus == http.StatusUnauthorized || de.HTTPStatus == http.StatusNotFound) {
+				err = restart{err}
+			}
+			return nil, fmt.Errorf("polling the registration: %w", err)
+		}
+	}
+	return op, nil
+}
+
+// prepareSwitch runs before the authenticated registration, after which
+// DPS may replace the hub key at any moment: it makes sure the new key can
+// be kept (the state directory takes an identity switch now), and records
+// that a registration is under way, so that a restart resumes it rather
+// than trust the old key, and no longer counts the old key as accepted by
+// the hub.
+func (e *Engine) prepareSwitch(reason apitype.Reason) error {
+	if err := e.o.Store.CheckWritable(state.CommitSpace); err != nil {
+		return fmt.Errorf("the state directory cannot keep a new identity, so dpsd does not ask DPS for one: %w", err)
+	}
+	err := e.changeRecord(func(r *state.State) {
+		r.PendingReason = string(stronger(apitype.Reason(r.PendingReason), reason))
+		r.HubAccepted = nil
+	})
+	if err != nil {
+		return fmt.Errorf("recording the registration before sending it: %w", err)
+	}
+	return nil
+}
+
+// dropIfReplaced drops the old identity when DPS's answer says it assigned
+// the device but cannot be used (dps.ErrBadAssignment).
+func (e *Engine) dropIfReplaced(err error) {
+	if errors.Is(err, dps.ErrBadAssignment) {
+		e.dropReplacedIdentity(err)
+	}
+}
+
+// dropReplacedIdentity forgets the identity DPS has just replaced, when the
+// new one cannot be used: the hub refuses the old key from now on, so no
+// token may be signed with it, and the status must not say the hub
+// accepts it. The next attempt registers again.
+func (e *Engine) dropReplacedIdentity(why error) {
+	if e.currentIdentity() == nil {
+		return
+	}
+	e.log.Error("DPS replaced the hub key but the new one cannot be used: the old identity is dropped", "err", why)
+	e.setIdentity(nil)
+	e.stopSession()
+	e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{} })
+}
+
+// commit makes the assigned identity the device's: in use at once, and
+// on disk as soon as the disk takes it (Run saves it again while it does
+// not; DPS is not asked again).
+func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, key *tpmdev.WrappedKey, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
 	raw, err := key.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("encoding the identity key: %w", err)
 	}
-	if err := e.o.Store.StageIdentity(raw); err != nil {
-		return err // names what it was staging
-	}
 	fp := keys.fingerprint()
+	prev := e.record()
 	next := state.State{
 		RegistrationID:    regID,
 		IDScope:           e.cfg.Provisioning.IDScope,
@@ -136,17 +192,9 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 		ConfigFingerprint: e.cfg.ProvisioningFingerprint(),
 		IdentityDigest:    digest(raw),
 		Version:           version.Version,
-		OwnerAuthSealed:   e.ownerAuthSealed(rec, fp.srkName),
+		OwnerAuthSealed:   e.ownerAuthSealed(&prev, fp.srkName),
+		PendingReason:     string(e.pendingAfterCommit()),
 	}
-	if _, err := e.o.Store.Save(next); err != nil {
-		_ = e.o.Store.DiscardStaged()
-		return fmt.Errorf("saving the provisioning record: %w", err)
-	}
-	if err := e.o.Store.CommitIdentity(); err != nil {
-		// The record names the staged key: the next start finishes this.
-		return err
-	}
-	*rec = next
 	e.setIdentity(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
 	e.update(func(s *apitype.Status) {
 		s.AssignedHub = rs.AssignedHub
@@ -154,7 +202,11 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 		t := next.ProvisionedAt
 		s.ProvisionedAt = &t
 		s.Reason = reason
+		s.Hub = apitype.HubStatus{} // nobody has asked the hub about this key yet
 	})
+	if err := e.adoptRecord(next, raw); err != nil {
+		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
+	}
 	if h := e.cfg.TPM.IdentityHandle; h != "" {
 		if err := e.persistIdentity(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
@@ -162,6 +214,19 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, r
 		}
 	}
 	return nil
+}
+
+// pendingAfterCommit is the record's pending reason once a registration
+// has completed: none, unless a technician asked again meanwhile (that
+// request is still to be served, and must survive a restart). A hub
+// rejection that came meanwhile was the old key's (DPS replaces it when
+// it assigns): the new identity answers it, so it is dropped.
+func (e *Engine) pendingAfterCommit() apitype.Reason {
+	e.takeRequestIf(func(r apitype.Reason) bool { return r == apitype.ReasonHubRejected })
+	if e.requestPending(apitype.ReasonRequested) {
+		return apitype.ReasonRequested
+	}
+	return ""
 }
 
 func (e *Engine) persistIdentity(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {

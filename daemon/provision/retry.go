@@ -12,12 +12,18 @@ type Retry struct {
 	Base      time.Duration
 	Max       time.Duration
 	Permanent time.Duration
+	// Assign bounds the polling of one registration: a DPS or proxy that
+	// answers "assigning" for longer fails the attempt, which then starts
+	// over after the usual backoff.
+	Assign time.Duration
 }
 
 // DefaultRetry is what the daemon uses: quick first retries for a network
 // that comes up late, ten minutes at most, and half an hour after a
 // permanent answer (an operator has to act; polling faster helps nobody).
-var DefaultRetry = Retry{Base: 2 * time.Second, Max: 10 * time.Minute, Permanent: 30 * time.Minute}
+// DPS assigns in seconds; a quarter of an hour of "assigning" means the
+// operation is lost.
+var DefaultRetry = Retry{Base: 2 * time.Second, Max: 10 * time.Minute, Permanent: 30 * time.Minute, Assign: 15 * time.Minute}
 
 // Delay is the wait before attempt n+1 after the n-th consecutive failure
 // (n ≥ 1).
@@ -35,4 +41,19 @@ func (r Retry) Delay(n int, retryAfter time.Duration, perm bool) time.Duration {
 	ceiling = min(ceiling, r.Max)
 	// Full jitter: a fleet that lost DPS at once must not come back at once.
 	return ceiling/2 + rand.N(ceiling/2+1)
+}
+
+// pollDelay is the wait before the next poll of an operation: DPS's
+// Retry-After (defaultPoll without one), at most max, never beyond the
+// registration's deadline, left from now. ok is false once the deadline
+// has passed.
+func pollDelay(retryAfter, max, left time.Duration) (wait time.Duration, ok bool) {
+	if left <= 0 {
+		return 0, false
+	}
+	wait = min(retryAfter, max)
+	if wait <= 0 {
+		wait = defaultPoll
+	}
+	return min(wait, left), true
 }

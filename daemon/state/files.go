@@ -75,6 +75,48 @@ func (s Store) LoadOwnerAuth() ([]byte, error) {
 	return s.read(OwnerAuthFile, "the sealed owner auth")
 }
 
+// CommitSpace is the room an identity switch needs in Dir: the staged key
+// and state.json's temporary copy, each a few hundred bytes, rounded up to
+// whole blocks with a margin.
+const CommitSpace = 16 << 10
+
+// CheckWritable proves that an identity switch can be written now: the
+// files it replaces are regular files (not, say, a directory someone put
+// in place of state.json), and a probe file of size bytes can be written,
+// flushed and removed. A full or read-only file system fails here rather
+// than after DPS has replaced the hub key.
+func (s Store) CheckWritable(size int) error {
+	for _, name := range []string{StateFile, IdentityFile, StagedIdentityFile} {
+		fi, err := os.Lstat(s.path(name))
+		if err == nil && !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file (%s): move it away", s.path(name), fi.Mode().Type())
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("checking %s: %w", s.path(name), err)
+		}
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	probe := s.path(".probe" + atomicfile.TmpSuffix)
+	f, err := os.OpenFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing in %s: %w", s.Dir, err)
+	}
+	defer os.Remove(probe)
+	_, err = f.Write(make([]byte, size))
+	if err == nil {
+		err = f.Sync() // a delayed-allocation file system reports ENOSPC here
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %d bytes in %s: %w", size, s.Dir, err)
+	}
+	return nil
+}
+
 // read returns the contents of the file name; what names it in errors.
 func (s Store) read(name, what string) ([]byte, error) {
 	b, err := filelimit.Read(s.path(name), maxFileSize)

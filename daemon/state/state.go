@@ -22,6 +22,9 @@
 // registration never completed and DiscardStaged drops it. Between those
 // points there is exactly one identity.key, the old one or the new one.
 //
+// CheckWritable proves, before a registration, that a switch can be
+// written: it writes, flushes and removes .probe.tmp.
+//
 // A missing state.json means a fresh device. Nothing is written when nothing
 // changed (Save compares with the file), so a restart writes no file.
 //
@@ -111,6 +114,31 @@ type State struct {
 	// engine; read by `dpsd check` to tell a deleted owner.auth from a
 	// TPM someone else owns.
 	OwnerAuthSealed bool `json:"ownerAuthSealed,omitempty"`
+	// PendingReason is why a registration is due that has not completed
+	// (an apitype.Reason). Written by the engine when a technician asks
+	// (before the request is answered) and before each authenticated
+	// registration, since DPS may replace the hub key from then on; the
+	// record a completed registration writes clears it. Read at start: a
+	// set reason resumes the registration.
+	PendingReason string `json:"pendingReason,omitempty"`
+	// HubAccepted says that the assigned hub accepted the identity this
+	// record names; nil when it has not (yet), or refused it since.
+	// Written by the engine after a hub check or session; read at start,
+	// so that a restart does not connect to the hub again (it allows one
+	// connection per device ID, and the device's app may hold it).
+	HubAccepted *HubAcceptance `json:"hubAccepted,omitempty"`
+}
+
+// HubAcceptance is the hub's acceptance of one identity.
+type HubAcceptance struct {
+	// KeyDigest is hex SHA-256 of the identity key's TPM2B_PUBLIC: it
+	// names the key, whichever file holds it.
+	KeyDigest string `json:"keyDigest"`
+	// Hub and DeviceID are where it was accepted.
+	Hub      string `json:"hub"`
+	DeviceID string `json:"deviceId"`
+	// At is when; Save stores it in UTC.
+	At time.Time `json:"at"`
 }
 
 // Store reads and writes the files in Dir. The zero Store is not usable;
@@ -154,6 +182,11 @@ func (s Store) Save(st State) (written bool, err error) {
 	st.Format = Format
 	if !st.ProvisionedAt.IsZero() {
 		st.ProvisionedAt = st.ProvisionedAt.UTC()
+	}
+	if h := st.HubAccepted; h != nil {
+		utc := *h // st is a copy, *h is the caller's
+		utc.At = utc.At.UTC()
+		st.HubAccepted = &utc
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

@@ -27,6 +27,11 @@ func sample() State {
 		Reason:            "first-boot",
 		ConfigFingerprint: "cc",
 		IdentityDigest:    "dd",
+		PendingReason:     "requested",
+		HubAccepted: &HubAcceptance{
+			KeyDigest: "ee", Hub: "hub1.azure-devices.net", DeviceID: "device-1",
+			At: time.Date(2026, 11, 26, 10, 0, 5, 0, time.UTC),
+		},
 	}
 }
 
@@ -84,6 +89,8 @@ func TestSaveLoad(t *testing.T) {
 	s := Store{Dir: dir}
 	in := sample()
 	in.ProvisionedAt = in.ProvisionedAt.In(time.FixedZone("CET", 3600))
+	cet := in.HubAccepted.At.In(time.FixedZone("CET", 3600))
+	in.HubAccepted.At = cet
 	written, err := s.Save(in)
 	if err != nil || !written {
 		t.Fatalf("Save = %v, %v; want true, nil", written, err)
@@ -100,6 +107,59 @@ func TestSaveLoad(t *testing.T) {
 	want.Format = Format
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load:\n got %+v\nwant %+v", got, want)
+	}
+	if in.HubAccepted.At != cet {
+		t.Errorf("Save changed the caller's record: %v", in.HubAccepted.At)
+	}
+}
+
+// TestCheckWritable: what would make an identity switch fail after DPS
+// assigned the device is found before, and the probe leaves nothing.
+func TestCheckWritable(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dir string)
+		ok    bool
+	}{
+		{"empty directory", func(*testing.T, string) {}, true},
+		{"provisioned", func(t *testing.T, dir string) {
+			if _, err := (Store{Dir: dir}).Save(sample()); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"state.json is a directory", func(t *testing.T, dir string) {
+			if err := os.MkdirAll(filepath.Join(dir, StateFile), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"identity.key.new is a symlink", func(t *testing.T, dir string) {
+			if err := os.Symlink("/dev/null", filepath.Join(dir, StagedIdentityFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"the state dir is a file", func(t *testing.T, dir string) {
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dir, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "dpsd")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			tc.setup(t, dir)
+			err := Store{Dir: dir}.CheckWritable(CommitSpace)
+			if (err == nil) != tc.ok {
+				t.Fatalf("CheckWritable = %v, want ok %t", err, tc.ok)
+			}
+			if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
+				assertNoTemp(t, dir)
+			}
+		})
 	}
 }
 

@@ -31,7 +31,8 @@ type report struct {
 	WarmNoHubReadyMSP50  float64 `json:"warm_nohub_ready_ms_p50"`
 	TPMCommandsWarmNoHub int     `json:"tpm_commands_warm_nohub"`
 	// TPMCommandsWarmSettled counts also what follows READY: the
-	// ownership read and, with [hub] verify on, the hub check's signature.
+	// ownership read (a warm start whose identity the hub accepted makes
+	// no hub check, so no signature).
 	TPMCommandsWarmSettled int     `json:"tpm_commands_warm_settled"`
 	Runs                   int     `json:"runs"`
 	RetryAfterS            int     `json:"dps_retry_after_s"`

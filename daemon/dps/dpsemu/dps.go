@@ -43,7 +43,7 @@ type challengeBody struct {
 	Message                      string  `json:"message"`
 	AuthenticationKey            string  `json:"authenticationKey"`
 	UnencryptedAuthenticationKey *string `json:"unencryptedAuthenticationKey"`
-	KeyName                      string  `json:"keyName"`
+	KeyName                      string  `json:"keyName,omitempty"`
 }
 
 // operationStatus is RegistrationOperationStatus (§5.2).
@@ -195,7 +195,7 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 			return err
 		}
 		if res.status == http.StatusAccepted {
-			w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter))
+			w.Header().Set("Retry-After", s.faults.retryAfter(s.retryAfter))
 		}
 		writeRawJSON(w, res.status, res.body)
 		return nil
@@ -220,18 +220,22 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusUnauthorized, challengeBody{
+		ch := challengeBody{
 			Message:           "Authorization required, resend request using supplied key",
 			AuthenticationKey: base64.StdEncoding.EncodeToString(blob),
 			KeyName:           keyName,
-		})
+		}
+		if s.faults.omitKeyName() {
+			ch.KeyName = ""
+		}
+		writeJSON(w, http.StatusUnauthorized, ch)
 		return nil
 	}
 	opID, err := s.register(route.regID, auth, ek, srk, body.Payload, body.CSR, now)
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter))
+	w.Header().Set("Retry-After", s.faults.retryAfter(s.retryAfter))
 	writeJSON(w, http.StatusAccepted, operationStatus{OperationID: opID, Status: regAssigning})
 	return nil
 }

@@ -88,6 +88,9 @@ func TestRegisterAssigned(t *testing.T) {
 	if code := e.connect(st.AssignedHub, regID, key); code != connNotAuthorized {
 		t.Errorf("CONNECT with the challenge key: code %d, want not authorized", code)
 	}
+	if n := e.emu.Stats()["hub_connect"]; n != 2 {
+		t.Errorf("stats count %d hub CONNECTs, want 2 (accepted and refused)", n)
+	}
 
 	reg := adminJSON(t, e.admin(http.MethodGet, "/registrations/"+regID, nil))
 	if reg["status"] != "assigned" || reg["deviceId"] != regID || reg["assignedHub"] != st.AssignedHub || reg["attempts"] != 1.0 {

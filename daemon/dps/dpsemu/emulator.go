@@ -161,12 +161,14 @@ func Start(opts Options) (*Emulator, error) {
 	// and hubemu, not the handshake, judges those that do.
 	hubTLS := tlsConfig.Clone()
 	hubTLS.ClientAuth = tls.RequestClientCert
+	counts := newStats()
 	hub := hubemu.New(hubemu.Options{
 		Log:           log.With("side", "hub"),
 		Hubs:          hubs,
 		TLS:           hubTLS,
 		ClientCAs:     deviceRoots,
 		MethodTimeout: opts.MethodTimeout,
+		OnConnect:     func() { counts.add(statHubConnect) },
 	})
 	polls := DefaultAssignAfterPolls
 	if opts.AssignAfterPolls != nil {
@@ -180,7 +182,7 @@ func Start(opts Options) (*Emulator, error) {
 		hub:              hub,
 		issuer:           devices,
 		faults:           &faultState{},
-		stats:            newStats(),
+		stats:            counts,
 		assignAfterPolls: polls,
 		retryAfter:       opts.RetryAfter,
 		data:             data,
@@ -250,6 +252,15 @@ func (e *Emulator) RootCAs() *x509.CertPool { return e.roots }
 // DeviceRootCAs returns a pool holding the root of the operational
 // certificates the emulator issues (GET /certificates/device-root).
 func (e *Emulator) DeviceRootCAs() *x509.CertPool { return e.deviceRoots }
+
+// SetFaults replaces the injected faults, as PUT /faults does.
+func (e *Emulator) SetFaults(f Faults) error {
+	if err := f.DPS.validate(); err != nil {
+		return err
+	}
+	e.svc.faults.set(f.DPS)
+	return nil
+}
 
 // Stats returns the DPS request counts, as GET /stats does.
 func (e *Emulator) Stats() map[string]int { return e.svc.stats.snapshot() }

@@ -3,6 +3,7 @@ package dpsemu
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -34,6 +35,17 @@ type DPSFaults struct {
 	// duplicate's outer HMAC), so that TPM2_Import fails; the hub keeps the
 	// real key. It stays on until a PUT turns it off.
 	GarbleKey bool `json:"garbleKey"`
+	// BadAssignedHub names a hub that is not a host name in "assigned"
+	// answers; the hub holds the new key all the same, as DPS would have
+	// replaced it. It stays on until a PUT turns it off.
+	BadAssignedHub bool `json:"badAssignedHub"`
+	// OmitKeyName leaves keyName out of challenges (production DPS always
+	// sends "registration"; the expected skn stays "registration").
+	OmitKeyName bool `json:"omitKeyName"`
+	// PollRetryAfter, when set, is the Retry-After (seconds) of every 202
+	// instead of --retry-after: a huge value plays a proxy that parks the
+	// device.
+	PollRetryAfter int64 `json:"pollRetryAfter"`
 }
 
 // Duration is a time.Duration written in JSON as a Go duration string
@@ -71,6 +83,9 @@ func (f DPSFaults) validate() error {
 		if c.v < 0 {
 			return fmt.Errorf("dps.%s is %d, must not be negative", c.name, c.v)
 		}
+	}
+	if f.PollRetryAfter < 0 {
+		return fmt.Errorf("dps.pollRetryAfter is %d, must not be negative", f.PollRetryAfter)
 	}
 	if f.AssignAfterPolls != nil && *f.AssignAfterPolls < 0 {
 		return fmt.Errorf("dps.assignAfterPolls is %d, must not be negative", *f.AssignAfterPolls)
@@ -143,4 +158,26 @@ func (s *faultState) garbleKey() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cur.GarbleKey
+}
+
+func (s *faultState) badAssignedHub() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.BadAssignedHub
+}
+
+func (s *faultState) omitKeyName() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.OmitKeyName
+}
+
+// retryAfter is the Retry-After of a 202: the fault's, else def.
+func (s *faultState) retryAfter(def int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur.PollRetryAfter > 0 {
+		return strconv.FormatInt(s.cur.PollRetryAfter, 10)
+	}
+	return strconv.Itoa(def)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"testing"
@@ -162,5 +163,42 @@ func TestFaultsRejected(t *testing.T) {
 		if r := e.admin(http.MethodPut, "/faults", []byte(body)); r.status != http.StatusBadRequest {
 			t.Errorf("PUT /faults %s: %d %s", body, r.status, r.body)
 		}
+	}
+}
+
+// TestFaultKeyNameAndPollRetryAfter: omitKeyName leaves keyName out of the
+// challenge (skn=registration is still what a token must carry), and
+// pollRetryAfter replaces the Retry-After of every 202, however large.
+func TestFaultKeyNameAndPollRetryAfter(t *testing.T) {
+	e := newEnv(t, nil)
+	d := newSoftDevice(t, 0)
+	e.enroll("f9", d, nil)
+	e.setFaults(t, `{"dps":{"omitKeyName":true,"pollRetryAfter":999999999,"assignAfterPolls":1}}`)
+
+	r := e.do(http.MethodPut, e.registerURL("f9"), "", registrationBody("f9", d, ""))
+	var ch map[string]any
+	if err := json.Unmarshal(r.body, &ch); err != nil || r.status != http.StatusUnauthorized {
+		t.Fatalf("challenge: %d %s", r.status, r.body)
+	}
+	if _, has := ch["keyName"]; has {
+		t.Errorf("challenge %s has a keyName", r.body)
+	}
+	blob, err := base64.StdEncoding.DecodeString(ch["authenticationKey"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := d.Import(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := dpsToken(key, "f9")
+	r = e.do(http.MethodPut, e.registerURL("f9"), auth, registrationBody("f9", d, ""))
+	if ra := r.header.Get("Retry-After"); r.status != http.StatusAccepted || ra != "999999999" {
+		t.Fatalf("register: %d, Retry-After %q", r.status, ra)
+	}
+	op := decodeOperation(t, r)
+	r = e.do(http.MethodGet, e.operationURL("f9", op.OperationID), auth, nil)
+	if ra := r.header.Get("Retry-After"); r.status != http.StatusAccepted || ra != "999999999" {
+		t.Fatalf("poll: %d, Retry-After %q", r.status, ra)
 	}
 }

@@ -484,6 +484,9 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 		Payload:                op.payload,
 		IssuedCertificateChain: chain,
 	}
+	if s.faults.badAssignedHub() {
+		state.AssignedHub = "not a host name/" + hub
+	}
 	return state, nil
 }
 

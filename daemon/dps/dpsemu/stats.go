@@ -21,6 +21,9 @@ const (
 	statAssigned          = "assigned" // assignments completed (hub identity written)
 	statCertificates      = "certificates_issued"
 	statTotal             = "total"
+	// statHubConnect counts MQTT CONNECTs to the hub, accepted or not; it
+	// is not a DPS request and not in total.
+	statHubConnect = "hub_connect"
 )
 
 // stats counts DPS requests by kind and by answer status.

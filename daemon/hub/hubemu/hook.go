@@ -37,6 +37,9 @@ func (h *hook) Provides(b byte) bool {
 // OnConnect refuses MQTT 5 (the hub speaks 3.1.1) and bounds the
 // keep-alive as the hub does.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if h.s.onConnect != nil {
+		h.s.onConnect()
+	}
 	if pk.ProtocolVersion != 4 {
 		_ = h.s.broker.SendConnack(cl, packets.ErrUnsupportedProtocolVersion, false, nil)
 		return packets.ErrUnsupportedProtocolVersion

@@ -107,6 +107,9 @@ type Options struct {
 	// DefaultTokenGrace. A connection is closed once its token is expired
 	// by more than this, as the hub does, so that clients must renew.
 	TokenGrace time.Duration
+	// OnConnect, when set, is called for every CONNECT, accepted or not
+	// (the emulator counts them).
+	OnConnect func()
 }
 
 // DeviceInfo is what the hub's registry and twin hold about a device.
@@ -133,6 +136,7 @@ type Server struct {
 	clientCAs     *x509.CertPool
 	methodTimeout time.Duration
 	grace         time.Duration
+	onConnect     func()
 	broker        *mqtt.Server
 	done          chan struct{} // closed by Close
 
@@ -174,6 +178,7 @@ func New(opts Options) *Server {
 		clientCAs:     opts.ClientCAs,
 		methodTimeout: cmp.Or(opts.MethodTimeout, DefaultMethodTimeout),
 		grace:         cmp.Or(opts.TokenGrace, DefaultTokenGrace),
+		onConnect:     opts.OnConnect,
 		done:          make(chan struct{}),
 		devices:       map[string]*device{},
 		live:          map[string]*session{},
