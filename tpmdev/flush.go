@@ -115,8 +115,13 @@ func (d *Device) keeps(h tpm2.TPMHandle) bool {
 // loadedHandles lists transient objects, loaded sessions and saved
 // sessions (which take session slots too).
 func loadedHandles(t transport.TPM) ([]tpm2.TPMHandle, error) {
+	return listHandles(t, firstTransient, firstLoadedSession, firstSavedSession)
+}
+
+// listHandles lists the handles of the ranges that start at firsts.
+func listHandles(t transport.TPM, firsts ...tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
 	var all []tpm2.TPMHandle
-	for _, first := range []tpm2.TPMHandle{firstTransient, firstLoadedSession, firstSavedSession} {
+	for _, first := range firsts {
 		hs, err := handles(t, first)
 		if err != nil {
 			return nil, err
@@ -126,8 +131,16 @@ func loadedHandles(t transport.TPM) ([]tpm2.TPMHandle, error) {
 	return all, nil
 }
 
-// handles lists the handles of the type of first (its top byte).
+// handles lists what GetCapability(TPM_CAP_HANDLES) answers for the range
+// that starts at first. For sessions the question, not the answer, says
+// loaded or saved: both lists hold HMAC (0x02…) and policy (0x03…) session
+// handles alike (TPM 2.0 Part 3, 30.2), so an answer is kept whatever its
+// type, and the next page is asked for within the same range.
 func handles(t transport.TPM, first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
+	keep := func(h tpm2.TPMHandle) bool { return h>>24 == first>>24 }
+	if first != firstTransient {
+		keep = isSession
+	}
 	var out []tpm2.TPMHandle
 	for next := first; ; {
 		rsp, err := run(t, tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(next), PropertyCount: 64})
@@ -139,22 +152,37 @@ func handles(t transport.TPM, first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
 			return nil, fmt.Errorf("decoding handle list: %w", err)
 		}
 		for _, h := range list.Handle {
-			if h>>24 == first>>24 {
+			if keep(h) {
 				out = append(out, h)
 			}
 		}
-		if !rsp.MoreData || len(list.Handle) == 0 || list.Handle[len(list.Handle)-1] < next {
+		if !rsp.MoreData || len(list.Handle) == 0 {
 			return out, nil
 		}
-		next = list.Handle[len(list.Handle)-1] + 1
+		after := first | (list.Handle[len(list.Handle)-1]&0x00FFFFFF + 1)
+		if after <= next {
+			return out, nil
+		}
+		next = after
 	}
+}
+
+// isSession reports whether h is an HMAC or a policy session handle.
+func isSession(h tpm2.TPMHandle) bool {
+	return h>>24 == firstLoadedSession>>24 || h>>24 == firstSavedSession>>24
 }
 
 // flushStale flushes every transient object and session the TPM holds
 // except those the running operation loaded, and logs what it flushed and
 // why. It returns how many it flushed.
 func (c *countingTPM) flushStale(why string) (int, error) {
-	hs, err := loadedHandles(c)
+	ranges := []tpm2.TPMHandle{firstTransient, firstLoadedSession, firstSavedSession}
+	if c.d.sweep != sweepAtOpen {
+		// Behind the kernel's resource manager the saved sessions are
+		// other programs', swapped out while dpsd's command runs.
+		ranges = ranges[:2]
+	}
+	hs, err := listHandles(c, ranges...)
 	if err != nil {
 		return 0, fmt.Errorf("listing leftover objects and sessions: %w", err)
 	}

@@ -227,3 +227,53 @@ func TestFlushForRoomKeepsTheOperationsObjects(t *testing.T) {
 	}
 	tpmtest.AssertNoTransientHandles(t, dev)
 }
+
+// Policy sessions (handles 0x03…, listed among the loaded sessions) and
+// context-saved sessions (handles 0x02… or 0x03…, listed among the saved
+// ones) are leftovers too: a policy session is what a killed dpsd leaves
+// behind ActivateCredential, and three of them make every
+// TPM2_StartAuthSession fail with TPM_RC_SESSION_MEMORY.
+func TestPolicyAndSavedSessionsAreFlushedAtOpen(t *testing.T) {
+	info := tpmtest.StartSwtpm(t, "")
+	err := inspector(t, info.Spec()).Exec(context.Background(), func(tpm transport.TPM) error {
+		start := func(typ tpm2.TPMSE) (tpm2.TPMISHAuthSession, error) {
+			rsp, err := tpm2.StartAuthSession{
+				TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, SessionType: typ,
+				NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+				Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256,
+			}.Execute(tpm)
+			if err != nil {
+				return 0, err
+			}
+			return rsp.SessionHandle, nil
+		}
+		for range 2 {
+			if _, err := start(tpm2.TPMSEPolicy); err != nil {
+				return err
+			}
+		}
+		h, err := start(tpm2.TPMSEHMAC)
+		if err != nil {
+			return err
+		}
+		_, err = tpm2.ContextSave{SaveHandle: h}.Execute(tpm)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("leaving two policy sessions and a saved one: %v", err)
+	}
+	if hs := loaded(t, info.Spec()); len(hs) != 3 {
+		t.Fatalf("listed %#x, want the three sessions", hs)
+	}
+	dev, err := tpmdev.Open(info.Spec(), tpmtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.ReadSRK(context.Background()); !errors.Is(err, tpmdev.ErrNotFound) {
+		t.Fatalf("ReadSRK: %v", err)
+	}
+	if hs := loaded(t, info.Spec()); len(hs) != 0 {
+		t.Errorf("after the first operation: %#x still loaded", hs)
+	}
+}
