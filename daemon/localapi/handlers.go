@@ -143,9 +143,9 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, ci connInfo, cod
 // serveStatus answers once the daemon has left "starting", so that the
 // first call (the one that started a socket-activated daemon) gets the
 // state the daemon found rather than "starting"; if that takes longer than
-// backendTimeout, "starting" is the truth and is answered.
+// startWait, "starting" is the truth and is answered.
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), backendTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), startWait)
 	defer cancel()
 	for {
 		changed := s.backend.Changed()
@@ -164,8 +164,11 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // awaitStart waits until the backend has settled its start (see
-// Backend.Started). When ctx ends first it answers 503 and returns false.
+// Backend.Started), for at most startWait. When that ends first it
+// answers 503 and returns false.
 func (s *Server) awaitStart(ctx context.Context, w http.ResponseWriter) bool {
+	ctx, cancel := context.WithTimeout(ctx, startWait)
+	defer cancel()
 	select {
 	case <-s.backend.Started():
 		return true

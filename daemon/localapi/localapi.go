@@ -79,7 +79,12 @@ const (
 	idleTimeout    = 30 * time.Second
 	checkTimeout   = 120 * time.Second
 	backendTimeout = 30 * time.Second
-	shutdownGrace  = 5 * time.Second
+	// startWait bounds how long a request waits for the daemon to finish
+	// starting. It is well inside the CLI's 30 s per call, so that the
+	// caller gets the answer that says what the daemon waits for rather
+	// than a deadline of its own.
+	startWait     = 20 * time.Second
+	shutdownGrace = 5 * time.Second
 	// defaultTTL is the token lifetime when the caller names none.
 	defaultTTL = time.Hour
 	// defaultMaxTTL is [token] max_ttl's default.
