@@ -395,3 +395,55 @@ func TestLoadRefusesWorldWritable(t *testing.T) {
 		})
 	}
 }
+
+// A config that another user owns, or in a directory where every user
+// may replace files, decides what dpsd does as much as a world-writable
+// one.
+func TestLoadRefusesForeignOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to chown (CI runs as root)")
+		}
+		t.Skip("needs root to chown")
+	}
+	const stranger = 2001
+	tests := []struct {
+		name   string
+		target string // relative to the config's directory; "." is the directory
+		chown  int    // -1: leave the owner
+		mode   os.FileMode
+		want   string // in the error; "" for no error
+	}{
+		{"main file of another user", "config.toml", stranger, 0, "belongs to uid 2001"},
+		{"drop-in of another user", DropInDir + "/50-x.toml", stranger, 0, "belongs to uid 2001"},
+		{"drop-in directory of another user", DropInDir, stranger, 0, "belongs to uid 2001"},
+		{"directory every user may write", ".", -1, 0o777, "may be written by every user"},
+		{"sticky directory", ".", -1, 0o777 | os.ModeSticky, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			main := filepath.Join(dir, "config.toml")
+			writeFile(t, main, "[provisioning]\nid_scope = \"0ne00000A0A\"\n")
+			writeFile(t, filepath.Join(dir, DropInDir, "50-x.toml"), "[tpm]\nownership = \"take\"\n")
+			target := filepath.Join(dir, tt.target)
+			if tt.chown >= 0 {
+				if err := os.Chown(target, tt.chown, -1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.mode != 0 {
+				if err := os.Chmod(target, tt.mode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := Load(main)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Load: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), filepath.Clean(target)+": "+tt.want)):
+				t.Errorf("Load = %v, want %q about %s", err, tt.want, target)
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
 
@@ -73,6 +74,9 @@ func Load(path string) (*Config, error) {
 
 // readSources reads the main file (if present) and the drop-ins.
 func readSources(path string) ([]source, error) {
+	if err := refuseOpenDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	var sources []source
 	data, err := readFile(path)
 	mainMissing := errors.Is(err, fs.ErrNotExist)
@@ -125,22 +129,49 @@ func readFile(name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi.Mode().Perm()&0o002 != 0 {
-		return nil, worldWritable(name, fi.Mode())
+	if err := refuseUntrusted(name, fi); err != nil {
+		return nil, err
 	}
 	return filelimit.ReadOpen(f, maxFileSize)
 }
 
 // refuseWorldWritable refuses a drop-in directory every user may add
 // files to (the sticky bit does not help: a new file needs no one's
-// permission).
+// permission), or one another user owns.
 func refuseWorldWritable(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("reading config drop-ins: %w", err)
 	}
-	if fi.Mode().Perm()&0o002 != 0 {
+	return refuseUntrusted(dir, fi)
+}
+
+// refuseOpenDir refuses a config directory in which every user may
+// replace files (world-writable without the sticky bit), or create the
+// drop-in directory.
+func refuseOpenDir(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // reported as the missing config
+	case err != nil:
+		return fmt.Errorf("reading config: %w", err)
+	}
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
 		return worldWritable(dir, fi.Mode())
+	}
+	return nil
+}
+
+// refuseUntrusted refuses a config file or directory that every user may
+// write or that belongs to another user than root or dpsd's own: its
+// owner could change what dpsd does.
+func refuseUntrusted(name string, fi fs.FileInfo) error {
+	if fi.Mode().Perm()&0o002 != 0 {
+		return worldWritable(name, fi.Mode())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return &Error{File: name, Msg: fmt.Sprintf("belongs to uid %d, who could change what dpsd does: chown root %s", st.Uid, name)}
 	}
 	return nil
 }
