@@ -94,10 +94,11 @@ func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration)
 	}
 }
 
-// refused reports whether the daemon turned the caller away: waiting longer
-// cannot help (permission denied, a request it does not serve).
+// refused reports whether the daemon turned the caller away, or the socket
+// is not dpsd's: waiting longer cannot help (permission denied, a request
+// it does not serve, an impostor holding the socket path).
 func refused(err error) bool {
 	var api *client.APIError
-	return errors.Is(err, client.ErrPermission) ||
+	return errors.Is(err, client.ErrPermission) || errors.Is(err, client.ErrImpostor) ||
 		errors.As(err, &api) && api.StatusCode >= 400 && api.StatusCode < 500
 }
