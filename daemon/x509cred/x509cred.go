@@ -132,6 +132,11 @@ func TLSCertificate(chain [][]byte, signer crypto.Signer) (tls.Certificate, erro
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("%w: leaf: %v", ErrMalformed, err)
 	}
+	// A leaf for another key would fail every handshake with an error that
+	// names nothing; say it here.
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(signer.Public()) {
+		return tls.Certificate{}, fmt.Errorf("%w: the certificate is not for this key", ErrMalformed)
+	}
 	var schemes []tls.SignatureScheme
 	switch signer.Public().(type) {
 	case *ecdsa.PublicKey:

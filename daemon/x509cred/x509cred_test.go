@@ -117,4 +117,7 @@ func TestTLSCertificate(t *testing.T) {
 	if _, err := x509cred.TLSCertificate(nil, device); !errors.Is(err, x509cred.ErrMalformed) {
 		t.Errorf("empty chain: %v, want ErrMalformed", err)
 	}
+	if _, err := x509cred.TLSCertificate(chain, x509credtest.NewKey(t)); !errors.Is(err, x509cred.ErrMalformed) {
+		t.Errorf("chain for another key: %v, want ErrMalformed", err)
+	}
 }
