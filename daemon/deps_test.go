@@ -79,6 +79,11 @@ func TestThirdPartyHomes(t *testing.T) {
 		"github.com/BurntSushi/toml":          {module + "/daemon/config"},
 		"github.com/coreos/go-systemd/v22/":   {module + "/daemon/sdnotify", module + "/daemon/localapi"},
 		"github.com/goreleaser/nfpm/":         {module + "/packaging"},
+		// Quasi-standard library, but still one home each: the raw socket
+		// calls of the status socket, and the daemon's task group (a home
+		// shares it with its subpackages, so all of daemon/... may).
+		"golang.org/x/sys/":  {module + "/daemon/localapi"},
+		"golang.org/x/sync/": {module + "/daemon"},
 	}
 	for _, p := range goList(t, []string{"CGO_ENABLED=1"}, module+"/...") {
 		for _, imp := range p.Imports {
