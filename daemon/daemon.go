@@ -9,8 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/check"
@@ -84,30 +85,36 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 	log.Info("dpsd starting", "config", configPath, "tpm", cfg.TPM.Device, "state_dir", cfg.State.Dir, "socket", cfg.Status.Socket)
 	// A dead status socket stops everything: systemd restarts the service
 	// rather than keep a daemon nobody can ask.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 1)
-	wg.Go(func() {
-		if err := srv.Serve(ctx, ln); err != nil {
-			errs <- fmt.Errorf("serving the status socket: %w", err)
-		}
-	})
-	wg.Go(func() { _ = engine.Run(ctx) })
-	wg.Go(func() { notify.Watchdog(ctx, engine.Healthy) })
+	return runTasks(ctx,
+		func() {
+			notify.Stopping()
+			log.Info("dpsd stopping")
+		},
+		func(ctx context.Context) error { return srv.Serve(ctx, ln) },
+		engine.Run,
+		func(ctx context.Context) error {
+			notify.Watchdog(ctx, engine.Healthy)
+			return nil
+		},
+	)
+}
 
-	select {
-	case <-ctx.Done():
-	case err = <-errs:
+// runTasks runs the daemon's tasks under one context until ctx ends or a
+// task fails: the first failure cancels the others and is returned;
+// cancellation is not an error. A task that returns nil early (the
+// watchdog, when systemd wants none) leaves the others running. stopping
+// runs once, when the shutdown starts, before the tasks are waited for.
+func runTasks(ctx context.Context, stopping func(), tasks ...func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, task := range tasks {
+		g.Go(func() error { return task(gctx) })
 	}
-	notify.Stopping()
-	log.Info("dpsd stopping")
-	cancel()
-	wg.Wait()
-	if errors.Is(err, context.Canceled) {
-		err = nil
+	<-gctx.Done()
+	stopping()
+	if err := g.Wait(); !errors.Is(err, context.Canceled) {
+		return err
 	}
-	return err
+	return nil
 }
 
 // backend is what the status socket serves: the engine plus the

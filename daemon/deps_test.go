@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"encoding/json"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,6 +81,11 @@ func TestThirdPartyHomes(t *testing.T) {
 		"github.com/BurntSushi/toml":          {module + "/daemon/config"},
 		"github.com/coreos/go-systemd/v22/":   {module + "/daemon/sdnotify", module + "/daemon/localapi"},
 		"github.com/goreleaser/nfpm/":         {module + "/packaging"},
+		// Quasi-standard library, but still one home each: the raw socket
+		// calls of the status socket, and the daemon's task group (a home
+		// shares it with its subpackages, so all of daemon/... may).
+		"golang.org/x/sys/":  {module + "/daemon/localapi"},
+		"golang.org/x/sync/": {module + "/daemon"},
 	}
 	for _, p := range goList(t, []string{"CGO_ENABLED=1"}, module+"/...") {
 		for _, imp := range p.Imports {
@@ -101,6 +107,77 @@ func TestThirdPartyHomes(t *testing.T) {
 					t.Errorf("%s imports %s; only %v may", p.ImportPath, imp, allowed)
 				}
 			}
+		}
+	}
+}
+
+// allowedImports is the import rule of docs/architecture.md, package by
+// package: which project packages each may import (tests aside). Imports
+// point one way, cmd -> daemon -> {provision, localapi, hub, dps} ->
+// tpmdev. A new package fails the test until it is added here, so that its
+// place in the direction is decided, not drifted into.
+var allowedImports = map[string][]string{
+	// The leaves: no project package.
+	"daemon/apitype":    nil,
+	"daemon/atomicfile": nil,
+	"daemon/config":     nil,
+	"daemon/sas":        nil,
+	"daemon/sdnotify":   nil,
+	"daemon/version":    nil,
+	"tpmdev/authblob":   nil,
+	"contrib/systemd":   nil, // unit-file tests only
+	"daemon/e2e":        nil, // tests only; they run the binaries
+
+	"daemon/state":     {"daemon/atomicfile"},
+	"daemon/dps":       {"daemon/version"},
+	"daemon/hub":       {"daemon/sas"},
+	"daemon/localapi":  {"daemon/apitype"},
+	"daemon/client":    {"daemon/apitype"},
+	"tpmdev":           {"tpmdev/authblob"},
+	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev"},
+	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
+	// The wiring, and the command line, which gets daemon.Run injected.
+	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
+	"daemon/cli": {"daemon/apitype", "daemon/check", "daemon/client", "daemon/config", "daemon/dps", "daemon/state", "daemon/version", "tpmdev"},
+	"cmd/dpsd":   {"daemon", "daemon/cli"},
+
+	// Test helpers and the emulator: never imported by the shipped binary
+	// (TestShippedBinaryDeps).
+	"tpmdev/tpmtest":               {"tpmdev"},
+	"tpmdev/authblob/softtpm":      nil,
+	"daemon/localapi/localapitest": {"daemon/apitype", "daemon/localapi"},
+	"daemon/hub/hubemu":            {"daemon/sas"},
+	"daemon/hub/hubemu/hubtest":    {"daemon/hub/hubemu", "daemon/sas"},
+	"daemon/dps/dpsemu":            {"daemon/atomicfile", "daemon/dps", "daemon/hub/hubemu", "daemon/sas", "tpmdev/authblob"},
+	"cmd/dpsemu":                   {"daemon/dps/dpsemu"},
+	"scripts/bench":                {"daemon/apitype"},
+}
+
+// TestImportDirection checks every project package's imports against
+// allowedImports.
+func TestImportDirection(t *testing.T) {
+	seen := map[string]bool{}
+	for _, p := range goList(t, []string{"CGO_ENABLED=1"}, module+"/...") {
+		name := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		seen[name] = true
+		allowed, ok := allowedImports[name]
+		if !ok {
+			t.Errorf("%s is not in allowedImports: decide which project packages it may import", name)
+			continue
+		}
+		for _, imp := range p.Imports {
+			rel, ok := strings.CutPrefix(imp, module+"/")
+			if !ok {
+				continue
+			}
+			if !slices.Contains(allowed, rel) {
+				t.Errorf("%s imports %s; it may import only %v (docs/architecture.md, Import rule)", name, rel, allowed)
+			}
+		}
+	}
+	for name := range allowedImports {
+		if !seen[name] {
+			t.Errorf("allowedImports lists %s, which go list does not know: remove it", name)
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -33,14 +32,14 @@ var specs = map[string]spec{
 		return err
 	}),
 	"provisioning.id_scope": text(func(c *Config, s string) error {
-		if s != "" && !idScopeRE.MatchString(s) {
+		if s != "" && !validIDScope(s) {
 			return fmt.Errorf("%q is not an ID scope (letters and digits, at most 64, e.g. \"0ne00000A0A\")", s)
 		}
 		c.Provisioning.IDScope = s
 		return nil
 	}),
 	"provisioning.registration_id": text(func(c *Config, s string) error {
-		if s != "" && !registrationIDRE.MatchString(s) {
+		if s != "" && !validRegistrationID(s) {
 			return fmt.Errorf("%q is not a DPS registration ID (at most 128 letters, digits and : . _ -, "+
 				"starting and ending with a letter or digit)", s)
 		}
@@ -52,7 +51,7 @@ var specs = map[string]spec{
 		return err
 	}),
 	"provisioning.api_version": text(func(c *Config, s string) error {
-		if !apiVersionRE.MatchString(s) {
+		if !validAPIVersion(s) {
 			return fmt.Errorf("%q is not an api-version (YYYY-MM-DD, optionally -preview)", s)
 		}
 		c.Provisioning.APIVersion = s
@@ -270,20 +269,53 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
-var (
-	idScopeRE = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
-	// DPS: at most 128 of [A-Za-z0-9:._-], no special character first or
-	// last (dps-tpm-protocol.md §3).
-	registrationIDRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9:._-]{0,126}[A-Za-z0-9])?$`)
-	apiVersionRE     = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$`)
-	// Debian's adduser accepts these (with --allow-bad-names for upper case);
-	// a trailing $ is for Samba machine accounts.
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$`)
-)
+// The syntax checks below are written out rather than regexps: regexp had
+// no other user in the daemon, and compiling four patterns at init cost
+// every start ~150 KB of allocations and a few milliseconds (docs/memory.md).
 
-// validName says whether s can be a user or group name.
+// validIDScope: 1 to 64 letters and digits.
+func validIDScope(s string) bool {
+	return len(s) >= 1 && len(s) <= 64 && all(s, isAlnum)
+}
+
+// validRegistrationID: DPS allows at most 128 of [A-Za-z0-9:._-], no special
+// character first or last (dps-tpm-protocol.md §3).
+func validRegistrationID(s string) bool {
+	return len(s) >= 1 && len(s) <= 128 && isAlnum(s[0]) && isAlnum(s[len(s)-1]) &&
+		all(s, func(c byte) bool { return isAlnum(c) || strings.IndexByte(":._-", c) >= 0 })
+}
+
+// validAPIVersion: YYYY-MM-DD, optionally with -preview.
+func validAPIVersion(s string) bool {
+	s = strings.TrimSuffix(s, "-preview")
+	return len(s) == len("2006-01-02") && s[4] == '-' && s[7] == '-' &&
+		all(s[:4]+s[5:7]+s[8:], isDigit)
+}
+
+// validName says whether s can be a user or group name: what Debian's
+// adduser accepts (with --allow-bad-names for upper case), a trailing $
+// being for Samba machine accounts.
 func validName(s string) bool {
-	return len(s) <= 32 && nameRE.MatchString(s)
+	if len(s) == 0 || len(s) > 32 || !(isAlnum(s[0]) || s[0] == '_') {
+		return false
+	}
+	return all(strings.TrimSuffix(s[1:], "$"), func(c byte) bool {
+		return isAlnum(c) || strings.IndexByte("_.-", c) >= 0
+	})
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func isAlnum(c byte) bool { return isDigit(c) || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+
+// all reports whether every byte of s satisfies ok.
+func all(s string, ok func(byte) bool) bool {
+	for i := range len(s) {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // oneOf returns s as T if it is one of the allowed values.

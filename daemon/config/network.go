@@ -14,10 +14,7 @@ const maxCAFile = 4 << 20
 // RootCAs is what dpsd trusts for DPS and the hub: the system's roots plus
 // the PEM certificates of [network] ca_file, if set.
 func (n Network) RootCAs() (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
+	pool := systemRoots()
 	if n.CAFile == "" {
 		return pool, nil
 	}

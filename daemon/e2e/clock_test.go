@@ -17,7 +17,7 @@ import (
 // tokens that are already expired or not yet valid.
 func TestClockBeforeBuildTime(t *testing.T) {
 	future := filepath.Join(t.TempDir(), "dpsd")
-	build := exec.Command("go", "build", "-o", future,
+	build := exec.Command("go", "build", "-tags", dpsdTags, "-o", future,
 		"-ldflags", fmt.Sprintf("-X github.com/dpsd-project/dpsd/daemon/version.BuildUnix=%d", time.Now().AddDate(1, 0, 0).Unix()),
 		"github.com/dpsd-project/dpsd/cmd/dpsd")
 	build.Env = append(build.Environ(), "CGO_ENABLED=0")

@@ -27,6 +27,10 @@ import (
 // The binaries under test, built once by TestMain.
 var dpsdBin, dpsemuBin string
 
+// dpsdTags are the build tags of the shipped dpsd (the Makefile's
+// DPSD_BUILD): without net/http's HTTP/2.
+const dpsdTags = "nethttpomithttp2"
+
 const idScope = "0ne00E2E0A"
 
 func TestMain(m *testing.M) {
@@ -36,11 +40,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	dpsdBin, dpsemuBin = filepath.Join(dir, "dpsd"), filepath.Join(dir, "dpsemu")
-	for _, b := range []struct{ out, pkg, cgo string }{
-		{dpsdBin, "github.com/dpsd-project/dpsd/cmd/dpsd", "0"}, // as shipped: pure Go
-		{dpsemuBin, "github.com/dpsd-project/dpsd/cmd/dpsemu", "0"},
+	for _, b := range []struct{ out, pkg, cgo, tags string }{
+		{dpsdBin, "github.com/dpsd-project/dpsd/cmd/dpsd", "0", dpsdTags}, // as shipped: pure Go
+		{dpsemuBin, "github.com/dpsd-project/dpsd/cmd/dpsemu", "0", ""},
 	} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", b.out, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", b.pkg, err, out)

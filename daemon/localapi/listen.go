@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
+	"golang.org/x/sys/unix"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 )
@@ -126,31 +127,25 @@ func isServiceUser(uid int) bool {
 	return ok && id == uid
 }
 
-// Linux open(2) and *at(2) flags the syscall package does not name.
-const (
-	oPath       = 0x200000 // O_PATH
-	atEmptyPath = 0x1000   // AT_EMPTY_PATH
-)
-
 // setSocketAccess gives the socket at path its group (gid -1: unchanged)
 // and mode through a descriptor opened without following a symlink, and
 // refuses a path that is no longer a socket: chown and chmod by name would
 // follow a symlink that replaced the socket after bind.
 func setSocketAccess(path string, gid int, mode os.FileMode) error {
-	fd, err := syscall.Open(path, oPath|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening the socket %s: %w", path, err)
 	}
-	defer syscall.Close(fd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("inspecting the socket %s: %w", path, err)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("%s is no longer a socket right after dpsd created it (replaced by another user?): refusing to change its owner or mode", path)
 	}
 	if gid != -1 {
-		if err := syscall.Fchownat(fd, "", -1, gid, atEmptyPath); err != nil {
+		if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
 			return fmt.Errorf("giving %s to gid %d: %w", path, gid, err)
 		}
 	}

@@ -8,8 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Peer is who is at the other end of a connection, as the kernel recorded it
@@ -107,10 +108,6 @@ func lookupUserID(name string) (int, bool) {
 	return id, err == nil
 }
 
-// soPeerGroups is SO_PEERGROUPS (Linux 4.13+), which the syscall package
-// does not name.
-const soPeerGroups = 59
-
 // maxPeerGroups bounds the buffer for SO_PEERGROUPS (NGROUPS_MAX).
 const maxPeerGroups = 65536
 
@@ -129,13 +126,13 @@ func ReadPeer(c net.Conn) Peer {
 		return Peer{UID: -1, GID: -1, Err: fmt.Errorf("reading peer credentials: %w", err)}
 	}
 	var (
-		cred      *syscall.Ucred
+		cred      *unix.Ucred
 		groups    []int
 		credErr   error
 		groupsErr error
 	)
 	err = raw.Control(func(fd uintptr) {
-		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 		if credErr == nil {
 			groups, groupsErr = peerGroups(fd)
 		}
@@ -147,7 +144,7 @@ func ReadPeer(c net.Conn) Peer {
 		return Peer{UID: -1, GID: -1, Err: fmt.Errorf("reading SO_PEERCRED: %w", err)}
 	}
 	p := Peer{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}
-	if errors.Is(groupsErr, syscall.ENOPROTOOPT) {
+	if errors.Is(groupsErr, unix.ENOPROTOOPT) {
 		groups, groupsErr = userDBGroups(p.UID)
 	}
 	if groupsErr != nil {
@@ -162,15 +159,17 @@ func ReadPeer(c net.Conn) Peer {
 	return p
 }
 
-// peerGroups reads SO_PEERGROUPS, growing the buffer when the kernel says
-// ERANGE (it then reports the size it needs).
+// peerGroups reads SO_PEERGROUPS (Linux 4.13+), growing the buffer when the
+// kernel says ERANGE (it then reports the size it needs). x/sys has no
+// getter for an array option (GetsockoptString stops at a zero byte), hence
+// the raw getsockopt(2).
 func peerGroups(fd uintptr) ([]int, error) {
 	buf := make([]uint32, 32)
 	for {
 		size := uint32(len(buf) * 4)
-		_, _, errno := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.SOL_SOCKET, soPeerGroups,
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS,
 			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
-		if errno == syscall.ERANGE && int(size/4) > len(buf) && size/4 <= maxPeerGroups {
+		if errno == unix.ERANGE && int(size/4) > len(buf) && size/4 <= maxPeerGroups {
 			buf = make([]uint32, size/4)
 			continue
 		}
