@@ -120,7 +120,8 @@ var allowedImports = map[string][]string{
 	// The leaves: no project package.
 	"daemon/apitype":    nil,
 	"daemon/atomicfile": nil,
-	"daemon/config":     nil,
+	"daemon/filelimit":  nil,
+	"daemon/x509cred":   nil,
 	"daemon/sas":        nil,
 	"daemon/sdnotify":   nil,
 	"daemon/version":    nil,
@@ -128,14 +129,15 @@ var allowedImports = map[string][]string{
 	"contrib/systemd":   nil, // unit-file tests only
 	"daemon/e2e":        nil, // tests only; they run the binaries
 
-	"daemon/state":     {"daemon/atomicfile"},
+	"daemon/config":    {"daemon/filelimit"},
+	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
 	"daemon/hub":       {"daemon/sas"},
 	"daemon/localapi":  {"daemon/apitype"},
 	"daemon/client":    {"daemon/apitype"},
 	"tpmdev":           {"tpmdev/authblob"},
 	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev"},
-	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
+	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
 	"daemon/cli": {"daemon/apitype", "daemon/check", "daemon/client", "daemon/config", "daemon/dps", "daemon/state", "daemon/version", "tpmdev"},
@@ -145,6 +147,7 @@ var allowedImports = map[string][]string{
 	// (TestShippedBinaryDeps).
 	"tpmdev/tpmtest":               {"tpmdev"},
 	"tpmdev/authblob/softtpm":      nil,
+	"daemon/x509cred/x509credtest": nil,
 	"daemon/localapi/localapitest": {"daemon/apitype", "daemon/localapi"},
 	"daemon/hub/hubemu":            {"daemon/sas"},
 	"daemon/hub/hubemu/hubtest":    {"daemon/hub/hubemu", "daemon/sas"},
