@@ -3,6 +3,13 @@ package tpmdev
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -146,13 +153,17 @@ func (d *Device) auth(t transport.TPM, auth []byte, enc encryption) (tpm2.Sessio
 	if d.protect == BusOff || (len(auth) == 0 && enc == encryptNone) {
 		return tpm2.PasswordAuth(auth), nil
 	}
-	opts, err := d.sessionOptions(t, enc)
+	k, err := d.sessionSalt(t, enc)
 	if err != nil {
 		return nil, err
 	}
-	// The TPM drops an auth value's trailing zeros; go-tpm does so for
-	// the HMAC but not for the parameter encryption key.
-	s := tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(trimAuth(auth)))...)
+	s := &authSession{auth: trimAuth(auth), handle: tpm2.TPMRHNull}
+	if k != nil {
+		salt := *k // the EK's handle as of now, as createPersistent moves it
+		s.salt = &salt
+	}
+	s.attrs.Decrypt = enc == encryptIn || enc == encryptInOut
+	s.attrs.Encrypt = enc == encryptOut || enc == encryptInOut
 	d.oneUse = append(d.oneUse, s)
 	return s, nil
 }
@@ -161,7 +172,9 @@ func (d *Device) auth(t transport.TPM, auth []byte, enc encryption) (tpm2.Sessio
 // hierarchy, whose auth is old, and encrypts the new auth. The session is
 // bound to the owner hierarchy: the TPM computes its answer's HMAC after
 // the change, with the new auth when the session is not bound (go-tpm
-// would check it with the old one), without any when it is.
+// would check it with the old one), without any when it is. go-tpm's
+// session serves here: the old auth goes only into the session key, which
+// go-tpm derives from all of it (authSession says what it gets wrong).
 func (d *Device) changeAuthSession(t transport.TPM, old []byte, enc encryption) (tpm2.Session, error) {
 	if d.protect == BusOff || (len(old) == 0 && enc == encryptNone) {
 		return tpm2.PasswordAuth(old), nil
@@ -194,21 +207,28 @@ func (d *Device) endOperation(t transport.TPM) error {
 	return err
 }
 
-// sessionOptions salts a session to the salt key and sets its parameter
-// encryption. Without any key to salt to (no EK or SRK persisted yet, as
-// when a TPM's owner set an endorsement auth but no EK), an auth value
-// goes in an unsalted HMAC session: never in clear, but open to an
-// offline guess if it is weak; nothing can be encrypted then.
-func (d *Device) sessionOptions(t transport.TPM, enc encryption) ([]tpm2.AuthOption, error) {
+// sessionSalt returns the key a session that encrypts enc is salted to.
+// Without any key to salt to (no EK or SRK persisted yet, as when a TPM's
+// owner set an endorsement auth but no EK), an auth value goes in an
+// unsalted HMAC session: never in clear, but open to an offline guess if
+// it is weak; nothing can be encrypted then.
+func (d *Device) sessionSalt(t transport.TPM, enc encryption) (*saltKey, error) {
 	k, err := d.salt(t)
 	if err != nil {
 		return nil, fmt.Errorf("finding the key to salt a session to: %w", err)
 	}
-	if k == nil {
-		if enc != encryptNone {
-			return nil, errors.New("no EK or SRK to salt a session to: cannot encrypt a parameter")
-		}
-		return nil, nil
+	if k == nil && enc != encryptNone {
+		return nil, errors.New("no EK or SRK to salt a session to: cannot encrypt a parameter")
+	}
+	return k, nil
+}
+
+// sessionOptions salts a go-tpm session to the salt key and sets its
+// parameter encryption.
+func (d *Device) sessionOptions(t transport.TPM, enc encryption) ([]tpm2.AuthOption, error) {
+	k, err := d.sessionSalt(t, enc)
+	if err != nil || k == nil {
+		return nil, err
 	}
 	opts := []tpm2.AuthOption{tpm2.Salted(k.handle, k.public)}
 	switch enc {
@@ -295,3 +315,179 @@ func (d *Device) closeKept() {
 		d.log.Warn("flushing the kept TPM session failed", "err", err)
 	}
 }
+
+// authSession is the one-use HMAC session auth returns, written to TPM 2.0
+// Part 1 (19.6, 21) in place of go-tpm's: go-tpm v0.9.8 keys its HMAC with
+// the auth value cut at its first zero byte where the TPM drops only the
+// trailing zeros (google/go-tpm#446), so an auth with a zero byte before
+// its end fails with TPM_RC_BAD_AUTH; a random 32-byte value has one about
+// one time in nine. It starts in the TPM just before its command
+// (unbound, salted when salt is set, AES-128-CFB when it encrypts) and
+// ends with it.
+type authSession struct {
+	auth      []byte   // trailing zeros dropped, as the TPM does
+	salt      *saltKey // nil: unsalted
+	attrs     tpm2.TPMASession
+	handle    tpm2.TPMHandle // TPM_RH_NULL when not started in the TPM
+	key       []byte         // the session key; empty when unsalted
+	nonceOurs tpm2.TPM2BNonce
+	nonceTPM  tpm2.TPM2BNonce
+}
+
+var _ tpm2.Session = (*authSession)(nil)
+
+const (
+	sessionNonceSize = 16
+	cfbKeySize       = 16 // AES-128
+)
+
+// Init starts the session in the TPM, if it is not started.
+func (s *authSession) Init(t transport.TPM) error {
+	if s.handle != tpm2.TPMRHNull {
+		return nil
+	}
+	s.nonceOurs = tpm2.TPM2BNonce{Buffer: make([]byte, sessionNonceSize)}
+	if _, err := rand.Read(s.nonceOurs.Buffer); err != nil {
+		return err
+	}
+	cmd := tpm2.StartAuthSession{
+		TPMKey:      tpm2.TPMRHNull,
+		Bind:        tpm2.TPMRHNull,
+		NonceCaller: s.nonceOurs,
+		SessionType: tpm2.TPMSEHMAC,
+		Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
+		AuthHash:    tpm2.TPMAlgSHA256,
+	}
+	if s.attrs.Decrypt || s.attrs.Encrypt {
+		cmd.Symmetric = tpm2.TPMTSymDef{
+			Algorithm: tpm2.TPMAlgAES,
+			KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(cfbKeySize*8)),
+			Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+		}
+	}
+	var salt []byte
+	if s.salt != nil {
+		pub, err := tpm2.ImportEncapsulationKey(&s.salt.public)
+		if err != nil {
+			return fmt.Errorf("using the salt key: %w", err)
+		}
+		var encrypted []byte
+		if salt, encrypted, err = tpm2.CreateEncryptedSalt(rand.Reader, pub); err != nil {
+			return fmt.Errorf("encrypting the session salt: %w", err)
+		}
+		cmd.TPMKey = s.salt.handle
+		cmd.EncryptedSalt = tpm2.TPM2BEncryptedSecret{Buffer: encrypted}
+	}
+	rsp, err := cmd.Execute(t)
+	if err != nil {
+		return err
+	}
+	s.handle = tpm2.TPMHandle(rsp.SessionHandle.HandleValue())
+	s.nonceTPM = rsp.NonceTPM
+	s.key = nil
+	if salt != nil {
+		s.key = tpm2.KDFa(crypto.SHA256, salt, "ATH", s.nonceTPM.Buffer, s.nonceOurs.Buffer, crypto.SHA256.Size()*8)
+	}
+	return nil
+}
+
+// CleanupFailure flushes the session after its command failed: the TPM
+// ends a session only when its command succeeds.
+func (s *authSession) CleanupFailure(t transport.TPM) error {
+	if s.handle == tpm2.TPMRHNull {
+		return nil
+	}
+	if _, err := (tpm2.FlushContext{FlushHandle: s.handle}).Execute(t); err != nil {
+		return err
+	}
+	s.handle = tpm2.TPMRHNull
+	return nil
+}
+
+func (s *authSession) NonceTPM() tpm2.TPM2BNonce { return s.nonceTPM }
+
+func (s *authSession) NewNonceCaller() error {
+	_, err := rand.Read(s.nonceOurs.Buffer)
+	return err
+}
+
+// Authorize proves the auth value over the command (cpHash).
+func (s *authSession) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
+	if s.handle == tpm2.TPMRHNull {
+		return nil, errors.New("the session is not started")
+	}
+	cp := sha256.New()
+	_ = binary.Write(cp, binary.BigEndian, cc)
+	for _, n := range names {
+		cp.Write(n.Buffer)
+	}
+	cp.Write(parms)
+	return &tpm2.TPMSAuthCommand{
+		Handle:        s.handle,
+		Nonce:         s.nonceOurs,
+		Attributes:    s.attrs,
+		Authorization: tpm2.TPM2BData{Buffer: s.mac(cp.Sum(nil), s.nonceOurs.Buffer, s.nonceTPM.Buffer, addNonces, s.attrs)},
+	}, nil
+}
+
+// Validate checks the TPM's proof over its answer (rpHash), which only the
+// TPM that started the session can give.
+func (s *authSession) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
+	s.nonceTPM = auth.Nonce
+	if !auth.Attributes.ContinueSession {
+		s.handle = tpm2.TPMRHNull
+	}
+	rp := sha256.New()
+	_ = binary.Write(rp, binary.BigEndian, rc)
+	_ = binary.Write(rp, binary.BigEndian, cc)
+	rp.Write(parms)
+	want := s.mac(rp.Sum(nil), s.nonceTPM.Buffer, s.nonceOurs.Buffer, nil, auth.Attributes)
+	if !hmac.Equal(want, auth.Authorization.Buffer) {
+		return fmt.Errorf("the answer's session HMAC is wrong: %w", ErrBusTampered)
+	}
+	return nil
+}
+
+// mac is the session HMAC, keyed with the session key and the auth value.
+func (s *authSession) mac(pHash, nonceNewer, nonceOlder, addNonces []byte, attrs tpm2.TPMASession) []byte {
+	m := hmac.New(sha256.New, append(bytes.Clone(s.key), s.auth...))
+	m.Write(pHash)
+	m.Write(nonceNewer)
+	m.Write(nonceOlder)
+	m.Write(addNonces)
+	m.Write(tpm2.Marshal(attrs))
+	return m.Sum(nil)
+}
+
+func (s *authSession) IsEncryption() bool { return s.attrs.Encrypt }
+func (s *authSession) IsDecryption() bool { return s.attrs.Decrypt }
+
+// Encrypt encrypts the command's first parameter, if the session does.
+func (s *authSession) Encrypt(parameter []byte) error {
+	if !s.attrs.Decrypt {
+		return nil
+	}
+	return s.cfb(parameter, s.nonceOurs.Buffer, s.nonceTPM.Buffer, cipher.NewCFBEncrypter)
+}
+
+// Decrypt decrypts the answer's first parameter, if the session encrypts it.
+func (s *authSession) Decrypt(parameter []byte) error {
+	if !s.attrs.Encrypt {
+		return nil
+	}
+	return s.cfb(parameter, s.nonceTPM.Buffer, s.nonceOurs.Buffer, cipher.NewCFBDecrypter)
+}
+
+// cfb runs AES-128-CFB over parameter in place, with the key and IV of the
+// direction whose newer nonce is nonceNewer (TPM 2.0 Part 1, 21.3).
+func (s *authSession) cfb(parameter, nonceNewer, nonceOlder []byte, mode func(cipher.Block, []byte) cipher.Stream) error {
+	keyIV := tpm2.KDFa(crypto.SHA256, append(bytes.Clone(s.key), s.auth...), "CFB", nonceNewer, nonceOlder, (cfbKeySize+aes.BlockSize)*8)
+	block, err := aes.NewCipher(keyIV[:cfbKeySize])
+	if err != nil {
+		return err
+	}
+	mode(block, keyIV[cfbKeySize:]).XORKeyStream(parameter, parameter)
+	return nil
+}
+
+func (s *authSession) Handle() tpm2.TPMHandle { return s.handle }

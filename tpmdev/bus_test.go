@@ -221,3 +221,60 @@ func TestKeptSessionLostIsReplaced(t *testing.T) {
 		}
 	})
 }
+
+// TestOwnerAuthWithZeroBytes: an owner auth is any byte string, and a
+// random one has a zero byte somewhere about one time in nine. The TPM
+// drops only the trailing zeros; every command that proves the auth in an
+// HMAC session must key its HMAC with exactly what remains.
+func TestOwnerAuthWithZeroBytes(t *testing.T) {
+	fill := func(set map[int]byte) []byte {
+		b := bytes.Repeat([]byte{0xa5}, 32)
+		for i, v := range set {
+			b[i] = v
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		auth []byte
+	}{
+		{"no zero", fill(nil)},
+		{"leading zero", fill(map[int]byte{0: 0})},
+		{"inner zero", fill(map[int]byte{13: 0})},
+		{"trailing zero", fill(map[int]byte{31: 0})},
+		{"inner and trailing zeros", fill(map[int]byte{5: 0, 30: 0, 31: 0})},
+		{"one byte then zeros", fill(map[int]byte{1: 0, 2: 0, 3: 0})[:4]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, _ func()) {
+				ctx := context.Background()
+				ek, err := dev.EnsureEK(ctx, tpmdev.EKTemplateTCG, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				owner := tc.auth
+				if err := dev.SetOwnerAuth(ctx, nil, owner); err != nil {
+					t.Fatalf("setting the owner auth: %v", err)
+				}
+				// CreatePrimary and EvictControl, both owner-authorized.
+				srk, err := dev.EnsureSRK(ctx, owner)
+				if err != nil {
+					t.Fatalf("EnsureSRK with the owner auth: %v", err)
+				}
+				wk := importKey(t, dev, ek, srk, randomBytes(t, 32))
+				// Proving the auth must still take all of it.
+				wrong := bytes.Clone(owner)
+				wrong[len(wrong)-1] ^= 0x5a
+				if err := dev.Persist(ctx, wk, 0x81000100, wrong); !errors.Is(err, tpmdev.ErrAuthFail) {
+					t.Fatalf("Persist with an owner auth wrong in its last byte: %v, want ErrAuthFail", err)
+				}
+				if err := dev.Persist(ctx, wk, 0x81000100, owner); err != nil {
+					t.Fatalf("Persist with the owner auth: %v", err)
+				}
+				if err := dev.SetOwnerAuth(ctx, owner, nil); err != nil {
+					t.Fatalf("clearing the owner auth: %v", err)
+				}
+			})
+		})
+	}
+}
