@@ -109,7 +109,11 @@ func runAll(ctx context.Context, log *slog.Logger, o *options) (rows []row, err 
 	if err != nil {
 		return nil, fmt.Errorf("guest image: %w", err)
 	}
-	rows = append(rows, row{Name: map[bool]string{true: "guest image (cached)", false: "guest image (debootstrap, built)"}[cached], OK: true, Time: time.Since(start)})
+	name := "guest image (debootstrap, cached for the next run)"
+	if cached {
+		name = "guest image (cached)"
+	}
+	rows = append(rows, row{Name: name, OK: true, Time: time.Since(start)})
 
 	dir, err := os.MkdirTemp("", "dpsd-vm-test-")
 	if err != nil {

@@ -38,7 +38,18 @@ func (v *vm) boot(ctx context.Context, phase, tpmDevice string) ([]report, error
 	if err := swtpm.Start(); err != nil {
 		return nil, fmt.Errorf("starting swtpm: %w", err)
 	}
-	defer swtpm.Wait() //nolint:errcheck // --terminate: it ends with QEMU's connection
+	// --terminate: swtpm ends with QEMU's connection; one that QEMU never
+	// reached is killed rather than waited for until the boot's timeout.
+	defer func() {
+		exited := make(chan struct{})
+		go func() { swtpm.Wait(); close(exited) }() //nolint:errcheck // its exit says nothing more
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			swtpm.Process.Kill() //nolint:errcheck // exiting anyway
+			<-exited
+		}
+	}()
 	if err := waitForPath(ctx, sock); err != nil {
 		return nil, fmt.Errorf("swtpm's socket: %w", err)
 	}
