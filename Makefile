@@ -16,7 +16,7 @@ DPSD_BUILD := CGO_ENABLED=0 $(GO) build -trimpath -tags nethttpomithttp2 -ldflag
 
 export SOURCE_DATE_EPOCH
 
-.PHONY: all build cross test test-deps lint demo deb deb-test bench fuzz clean
+.PHONY: all build cross test test-deps lint demo deb deb-test vm-test bench fuzz clean
 
 FUZZTIME ?= 5m
 
@@ -52,6 +52,18 @@ deb:
 deb-test:
 	scripts/install-deps.sh deb
 	cd packaging && $(GO) vet ./... && $(GO) test -count=1 -v -timeout 30m ./...
+
+# The field test: the .deb on a Debian guest under QEMU with systemd and the
+# kernel's TPM drivers in front of swtpm (root; the image is cached in
+# /var/cache/dpsd-vm-test). A second revision of the package is the upgrade.
+VMTEST := $(BIN)/vm-test
+vm-test: build
+	scripts/install-deps.sh test vm
+	rm -rf $(VMTEST)
+	$(MAKE) deb ARCH=amd64 DIST=$(VMTEST)/1
+	$(BIN)/dpsd-package -arch amd64 -bin $(BIN)/linux-amd64/dpsd -version $(VERSION) -commit $(COMMIT) -revision 2 -out $(VMTEST)/2
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/vmtest ./scripts/vmtest
+	$(BIN)/vmtest -deb $(VMTEST)/1/dpsd_*.deb -upgrade $(VMTEST)/2/dpsd_*.deb -dpsemu $(BIN)/dpsemu $(VMTESTFLAGS)
 
 # Software TPM + emulator + dpsd, provisioned, then `dpsd status`.
 demo: build

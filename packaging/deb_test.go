@@ -70,6 +70,7 @@ func TestDebPackages(t *testing.T) {
 		checkCopyright(t, filepath.Join(root, "packaging", "copyright"), filepath.Join(root, "bin", "linux-"+hostArch(t), "dpsd"))
 	})
 	t.Run("lifecycle", func(t *testing.T) { checkLifecycle(t, root, debs[hostArch(t)]) })
+	t.Run("postinst under systemd", func(t *testing.T) { checkLiveStart(t, debs[hostArch(t)]) })
 }
 
 // requireRoot fails in CI and skips elsewhere when not run as root: dpkg in
@@ -252,6 +253,14 @@ func hostArch(t *testing.T) string {
 // chroot is a throwaway Debian root.
 type chroot struct{ dir string }
 
+// newChroot unpacks a fresh root from the cached base system.
+func newChroot(t *testing.T) chroot {
+	t.Helper()
+	c := chroot{dir: t.TempDir()}
+	output(t, "tar", "--numeric-owner", "-C", c.dir, "-xf", chrootTarball(t))
+	return c
+}
+
 // run runs a script with /bin/sh -e inside the root and returns its
 // standard output and error; it fails the test when the script fails.
 func (c chroot) run(t *testing.T, script string) (stdout, stderr string) {
@@ -308,8 +317,7 @@ func (c chroot) exists(path string) bool {
 // conffile, remove, purge and install again.
 func checkLifecycle(t *testing.T, root, deb string) {
 	start := time.Now()
-	c := chroot{dir: t.TempDir()}
-	output(t, "tar", "--numeric-owner", "-C", c.dir, "-xf", chrootTarball(t))
+	c := newChroot(t)
 	t.Logf("chroot ready: %s", time.Since(start).Round(time.Second))
 	if c.exists("/run/systemd/system") {
 		t.Fatal("the chroot looks like a running systemd; the test is about image builds")

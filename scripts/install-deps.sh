@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh test      swtpm, tpm2-tools, libssl-dev, gcc (TPM tests)
 #   scripts/install-deps.sh demo      curl (enrolls the demo device)
 #   scripts/install-deps.sh deb       lintian, debootstrap (package tests)
+#   scripts/install-deps.sh vm        qemu, debootstrap, e2fsprogs (make vm-test)
 # Runs apt-get as root (CI and the dev machines are root); otherwise says what
 # to install.
 set -euo pipefail
@@ -32,6 +33,15 @@ for set in "${@:-test}"; do
 		need lintian lintian
 		need debootstrap debootstrap
 		need dpkg-deb dpkg
+		;;
+	vm)
+		need qemu-system-x86_64 qemu-system-x86
+		need debootstrap debootstrap
+		need mkfs.ext4 e2fsprogs
+		need debugfs e2fsprogs
+		need swtpm swtpm
+		need swtpm_ioctl swtpm-tools
+		need tpm2_clear tpm2-tools
 		;;
 	*) echo "install-deps: unknown set $set" >&2; exit 2 ;;
 	esac

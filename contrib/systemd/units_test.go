@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -144,4 +145,44 @@ func exposed(report []byte) string {
 		}
 	}
 	return b.String()
+}
+
+// unitValues returns the values of key in a unit file, in order.
+func unitValues(t *testing.T, unit, key string) []string {
+	t.Helper()
+	body, err := os.ReadFile(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values []string
+	for line := range strings.Lines(string(body)) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && k == key {
+			values = append(values, v)
+		}
+	}
+	return values
+}
+
+// TestSocketOwner: the service's RuntimeDirectory= re-owns the directory
+// and everything in it, the listening socket included, to the service's
+// user and group at every start. A socket in that directory declaring
+// another owner would say what is true only until the daemon first starts.
+func TestSocketOwner(t *testing.T) {
+	listen := unitValues(t, "dpsd.socket", "ListenStream")
+	runtime := unitValues(t, "dpsd.service", "RuntimeDirectory")
+	if len(listen) != 1 || len(runtime) != 1 {
+		t.Fatalf("ListenStream %q, RuntimeDirectory %q: want one each", listen, runtime)
+	}
+	if !strings.HasPrefix(listen[0], "/run/"+runtime[0]+"/") {
+		t.Skipf("the socket %s is outside the runtime directory /run/%s", listen[0], runtime[0])
+	}
+	for _, tc := range []struct{ socketKey, serviceKey string }{
+		{"SocketUser", "User"},
+		{"SocketGroup", "Group"},
+	} {
+		got, want := unitValues(t, "dpsd.socket", tc.socketKey), unitValues(t, "dpsd.service", tc.serviceKey)
+		if len(want) != 1 || !slices.Equal(got, want) {
+			t.Errorf("dpsd.socket %s=%q, but dpsd.service's RuntimeDirectory= makes it %s=%q", tc.socketKey, got, tc.serviceKey, want)
+		}
+	}
 }
