@@ -90,7 +90,7 @@ func (e *running) until(t *testing.T, what string, cond func(apitype.Status) boo
 	}
 }
 
-func provisioned(s apitype.Status) bool {
+func isProvisioned(s apitype.Status) bool {
 	return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
 }
 
@@ -100,7 +100,7 @@ func provisioned(s apitype.Status) bool {
 func TestEngineRestarts(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	e.until(t, "first boot provisioned", provisioned)
+	e.until(t, "first boot provisioned", isProvisioned)
 	if err := e.stop(); err != nil {
 		t.Fatalf("Run after a cancel = %v, want nil", err)
 	}
@@ -109,7 +109,7 @@ func TestEngineRestarts(t *testing.T) {
 	}
 
 	e = r.start(t)
-	s := e.until(t, "warm start provisioned", provisioned)
+	s := e.until(t, "warm start provisioned", isProvisioned)
 	if _, err := e.Token(context.Background(), time.Hour); err != nil {
 		t.Errorf("Token after a warm start: %v", err)
 	}
@@ -121,7 +121,7 @@ func TestEngineRestarts(t *testing.T) {
 	r.tpm.clear()
 	e = r.start(t)
 	s = e.until(t, "provisioned after the clear", func(s apitype.Status) bool {
-		return provisioned(s) && s.Reason == apitype.ReasonTPMCleared
+		return isProvisioned(s) && s.Reason == apitype.ReasonTPMCleared
 	})
 	if c, _ := r.dps.counts(); c != 2 || r.hub.count() != 2 {
 		t.Errorf("after a clear: %d challenges, %d hub checks; want 2, 2", c, r.hub.count())
@@ -150,7 +150,7 @@ func TestEngineHubRejectionGatedOnce(t *testing.T) {
 func TestEngineRequest(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	e.until(t, "provisioned", provisioned)
+	e.until(t, "provisioned", isProvisioned)
 	r.dps.mu.Lock()
 	r.dps.err = errors.New("DPS is down")
 	r.dps.mu.Unlock()
@@ -167,7 +167,7 @@ func TestEngineRequest(t *testing.T) {
 	r.dps.mu.Unlock()
 	e = r.start(t)
 	e.until(t, "the request served after a restart", func(s apitype.Status) bool {
-		return provisioned(s) && s.Reason == apitype.ReasonRequested
+		return isProvisioned(s) && s.Reason == apitype.ReasonRequested
 	})
 }
 
@@ -176,7 +176,7 @@ func TestRunReportsHowItEnded(t *testing.T) {
 		t.Errorf("Run without a Store or DPS = %v, want errIncomplete", err)
 	}
 	e := newRig(t).start(t)
-	e.until(t, "provisioned", provisioned)
+	e.until(t, "provisioned", isProvisioned)
 	if err := e.stop(); err != nil {
 		t.Errorf("Run stopped by its context = %v, want nil", err)
 	}

@@ -78,32 +78,40 @@ func failed(wait time.Duration, st apitype.State) next {
 	return next{wait: wait, backingOff: true, state: st}
 }
 
-func TestPolicy(t *testing.T) {
-	provisioned := state.State{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
-	facts := func(srk, cfg string, key keyCheck) tpmFacts {
-		return tpmFacts{rec: provisioned, srkName: srk, configFP: cfg, key: key}
-	}
-	need := func(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
-	pending := func(r apitype.Reason) state.State { s := provisioned; s.PendingReason = string(r); return s }
-
-	key := &tpmdev.WrappedKey{Public: []byte("public")}
-	id := &identity{key: key, hub: "hub.example", deviceID: "dev"}
-	acc := &state.HubAcceptance{KeyDigest: keyDigest(key), Hub: "hub.example", DeviceID: "dev"}
-	otherKey := &state.HubAcceptance{KeyDigest: "other", Hub: "hub.example", DeviceID: "dev"}
-
-	staged := []byte("staged key")
-	naming := state.State{RegistrationID: "reg", IdentityDigest: digest(staged)}
-
-	dpsDown := &dps.Error{Err: errors.New("connection refused")}
-	const perm = 30 * time.Minute
+// Facts the cases share.
+var (
+	provisioned = state.State{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
+	testKey     = &tpmdev.WrappedKey{Public: []byte("public")}
+	testID      = &identity{key: testKey, hub: "hub.example", deviceID: "dev"}
+	acc         = &state.HubAcceptance{KeyDigest: keyDigest(testKey), Hub: "hub.example", DeviceID: "dev"}
+	otherKey    = &state.HubAcceptance{KeyDigest: "other", Hub: "hub.example", DeviceID: "dev"}
+	staged      = []byte("staged key")
+	naming      = state.State{RegistrationID: "reg", IdentityDigest: digest(staged)}
+	dpsDown     = &dps.Error{Err: errors.New("connection refused")}
 	// A hub rejection, its registration, and the hub refusing the new key.
-	rejectedTwice := []step{begin, hubRefuses, begin, succeed, hubRefuses}
+	rejectedTwice = []step{begin, hubRefuses, begin, succeed, hubRefuses}
+)
 
-	tests := []struct {
-		name string
-		got  any
-		want any
-	}{
+const perm = 30 * time.Minute
+
+func facts(srk, cfg string, key keyCheck) tpmFacts {
+	return tpmFacts{rec: provisioned, srkName: srk, configFP: cfg, key: key}
+}
+
+func need(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
+
+func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = string(r); return s }
+
+// policyCase is one rule at work: what the policy decided, and what it
+// should have.
+type policyCase struct {
+	name string
+	got  any
+	want any
+}
+
+func casesStart() []policyCase {
+	return []policyCase{
 		// First boot.
 		{"first boot registers", need(tpmFacts{srkName: "srk", configFP: "cfg"}), "first-boot/false"},
 		{"first boot's round is the first", play(state.State{}, begin), round{first: true}},
@@ -114,14 +122,18 @@ func TestPolicy(t *testing.T) {
 		{"warm start: the key loads", need(facts("srk", "cfg", keyLoads)), "/false"},
 		{"a key proven in this process is not loaded again", need(facts("srk", "cfg", keyProven)), "/false"},
 		{"a key the TPM could not try fails the round, registers nothing", need(facts("srk", "cfg", keyLoadFailed)), "/false"},
-		{"warm start with the hub's acceptance recorded connects nowhere", hubPlan(true, false, true, acc, id), hubRecorded},
-		{"an acceptance of another key: connect once", hubPlan(true, false, true, otherKey, id), hubConnect},
-		{"never accepted: connect once", hubPlan(true, false, true, nil, id), hubConnect},
-		{"stay_connected keeps a session", hubPlan(true, true, false, acc, id), hubSession},
-		{"verify = false never connects", hubPlan(true, false, false, nil, id), hubSkip},
+		{"warm start with the hub's acceptance recorded connects nowhere", hubPlan(true, false, true, acc, testID), hubRecorded},
+		{"an acceptance of another key: connect once", hubPlan(true, false, true, otherKey, testID), hubConnect},
+		{"never accepted: connect once", hubPlan(true, false, true, nil, testID), hubConnect},
+		{"stay_connected keeps a session", hubPlan(true, true, false, acc, testID), hubSession},
+		{"verify = false never connects", hubPlan(true, false, false, nil, testID), hubSkip},
 		{"no identity, no hub check", hubPlan(true, false, true, nil, nil), hubSkip},
-		{"no hub configured", hubPlan(false, true, true, nil, id), hubSkip},
+		{"no hub configured", hubPlan(false, true, true, nil, testID), hubSkip},
+	}
+}
 
+func casesClear() []policyCase {
+	return []policyCase{
 		// The identity key on disk.
 		{"key file missing or unreadable", need(facts("srk", "cfg", keyUnreadable)), "first-boot/false"},
 		{"key file not the one the record names", need(facts("srk", "cfg", keyNotRecorded)), "first-boot/false"},
@@ -141,7 +153,11 @@ func TestPolicy(t *testing.T) {
 		{"a technician's request accepts a new EK", expectedEK(provisioned, requested), ""},
 		{"a resumed tpm-cleared does not", expectedEK(provisioned, cleared), "ek"},
 		{"nor does a hub rejection", expectedEK(provisioned, rejected), "ek"},
+	}
+}
 
+func casesHub() []policyCase {
+	return []policyCase{
 		// Hub rejections: one registration per rejection, then slowly.
 		{"a rejection starts the next round at once", play(provisioned, begin, hubRefuses), next{again: true}},
 		{"the first rejection earns a registration", play(provisioned, begin, hubRefuses, begin), round{reason: rejected}},
@@ -159,7 +175,11 @@ func TestPolicy(t *testing.T) {
 			play(provisioned, begin, hubRefuses, begin, fail(dpsDown), begin, fail(dpsDown), begin), round{reason: rejected}},
 		{"the session's rejection (stay_connected) earns a registration",
 			play(provisioned, begin, succeed, wake(rejected), begin), round{reason: rejected}},
+	}
+}
 
+func casesRequests() []policyCase {
+	return []policyCase{
 		// A technician's request.
 		{"a request forces a registration", play(provisioned, begin, succeed, wake(requested), begin), round{reason: requested}},
 		{"a pending request is resumed after a restart", play(pending(requested), begin), round{reason: requested, first: true}},
@@ -181,7 +201,11 @@ func TestPolicy(t *testing.T) {
 		// Config change.
 		{"a changed provisioning config registers", need(facts("srk", "new cfg", keyUntried)), "config-changed/false"},
 		{"a clear outranks a config change", need(facts("new srk", "new cfg", keyUntried)), "tpm-cleared/false"},
+	}
+}
 
+func casesFailures() []policyCase {
+	return []policyCase{
 		// DPS down, throttling, server errors.
 		{"DPS down: a quick first retry", play(state.State{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 		{"DPS down: the backoff doubles",
@@ -217,7 +241,11 @@ func TestPolicy(t *testing.T) {
 		{"an unreachable TPM shows waiting-for-tpm",
 			play(provisioned, begin, fail(fmt.Errorf("x: %w", tpmdev.ErrUnreachable))), between{time.Second, 2 * time.Second, apitype.StateWaitingForTPM}},
 		{"a clock before the build date is looked at every 5 s", play(provisioned, begin, fail(errClockUnset)), failed(clockPoll, apitype.StateWaitingForTime)},
+	}
+}
 
+func casesDisk() []policyCase {
+	return []policyCase{
 		// A crash in the middle of an identity switch.
 		{"nothing staged", interruptedSwitch(naming, true, nil), switchNone},
 		{"the record names the staged key: finish", interruptedSwitch(naming, true, staged), switchFinish},
@@ -228,7 +256,11 @@ func TestPolicy(t *testing.T) {
 		{"a failed save is tried again soon", play(state.State{}, begin, saveFails()), saveSoon{}},
 		{"a failed save registers nothing", play(state.State{}, begin, saveFails(), begin), round{}},
 		{"a saved identity waits check_interval", play(state.State{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
+	}
+}
 
+func casesPoll() []policyCase {
+	return []policyCase{
 		// Polling DPS while it assigns.
 		{"poll after DPS's Retry-After", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, time.Hour)), "3s true"},
 		{"poll without Retry-After", fmt.Sprint(pollDelay(0, 10*time.Minute, time.Hour)), "2s true"},
@@ -242,6 +274,15 @@ func TestPolicy(t *testing.T) {
 		{"nor does a re-check", interruptsPoll(""), false},
 		{"an interrupted poll starts over at once", play(provisioned, begin, fail(errRestartRequested)), next{again: true}},
 		{"and registers for the request", play(provisioned, begin, fail(errRestartRequested), begin), round{reason: requested}},
+	}
+}
+
+// TestPolicy proves every rule of the policy, scenario by scenario,
+// without a TPM.
+func TestPolicy(t *testing.T) {
+	var tests []policyCase
+	for _, cases := range [][]policyCase{casesStart(), casesClear(), casesHub(), casesRequests(), casesFailures(), casesDisk(), casesPoll()} {
+		tests = append(tests, cases...)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

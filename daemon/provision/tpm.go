@@ -104,6 +104,12 @@ func (s *tpmSlot) get() (tpmDevice, []byte) {
 	return s.dev, s.ekPublic
 }
 
+func (s *tpmSlot) set(dev tpmDevice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dev = dev
+}
+
 func (s *tpmSlot) setEK(pub []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -123,9 +129,7 @@ func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 	for {
 		dev, err := e.openTPM()
 		if err == nil {
-			e.tpm.mu.Lock()
-			e.tpm.dev = dev
-			e.tpm.mu.Unlock()
+			e.tpm.set(dev)
 			e.update(func(s *apitype.Status) { s.TPM.Device = dev.Path() })
 			return dev, nil
 		}
