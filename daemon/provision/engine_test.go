@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ type rig struct {
 	dps *fakeDPS
 	hub *fakeHub
 	cfg *config.Config
+	// tweak, when set, changes an engine before it runs.
+	tweak func(*Engine)
 }
 
 func newRig(t *testing.T) *rig {
@@ -58,6 +61,9 @@ func (r *rig) start(t *testing.T) *running {
 	})
 	e.openTPM = func() (tpmDevice, error) { return r.tpm, nil }
 	e.hub.client = r.hub
+	if r.tweak != nil {
+		r.tweak(e)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
@@ -179,5 +185,46 @@ func TestRunReportsHowItEnded(t *testing.T) {
 	e.until(t, "provisioned", isProvisioned)
 	if err := e.stop(); err != nil {
 		t.Errorf("Run stopped by its context = %v, want nil", err)
+	}
+}
+
+// fullDisk is a state directory that refuses to stage an identity key
+// while full is set.
+type fullDisk struct {
+	recordFiles
+	full atomic.Bool
+}
+
+func (d *fullDisk) StageIdentity(key []byte) error {
+	if d.full.Load() {
+		return errors.New("no space left on device")
+	}
+	return d.recordFiles.StageIdentity(key)
+}
+
+// TestEngineKeepsAnUnsavedIdentity: an assigned key the disk refuses is
+// used from memory and saved as soon as the disk takes it, without asking
+// DPS again; the status then stops saying it is in memory only.
+func TestEngineKeepsAnUnsavedIdentity(t *testing.T) {
+	r := newRig(t)
+	disk := &fullDisk{}
+	disk.full.Store(true)
+	r.tweak = func(e *Engine) { disk.recordFiles = e.rec.store; e.rec.store = disk }
+	e := r.start(t)
+	e.until(t, "the identity in use from memory", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.LastError != nil && strings.Contains(*s.LastError, "memory only")
+	})
+	if _, err := e.Token(context.Background(), time.Hour); err != nil {
+		t.Errorf("Token with the identity in memory: %v", err)
+	}
+	disk.full.Store(false)
+	e.until(t, "the identity saved, the error gone", func(s apitype.Status) bool {
+		return s.State == apitype.StateProvisioned && s.LastError == nil
+	})
+	if _, err := (&state.Store{Dir: r.cfg.State.Dir}).LoadIdentity(); err != nil {
+		t.Errorf("the identity on disk: %v", err)
+	}
+	if c, _ := r.dps.counts(); c != 1 {
+		t.Errorf("%d challenges, want 1: a refused save must not register again", c)
 	}
 }

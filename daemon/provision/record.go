@@ -50,13 +50,22 @@ func (e *Engine) loadRecord() state.State {
 // should hold. Its lock serializes every change and save of it: Run, a
 // technician's request and the hub session all write it.
 type ledger struct {
-	store *state.Store
+	store recordFiles
 
 	mu  sync.Mutex
 	rec state.State
 	// unsavedKey is the identity key rec names when it is not on disk yet
 	// (the disk refused it after DPS had assigned it).
 	unsavedKey []byte
+}
+
+// recordFiles is where the ledger writes: a *state.Store, or a disk that
+// refuses in unit tests.
+type recordFiles interface {
+	Save(state.State) (written bool, err error)
+	StageIdentity(key []byte) error
+	CommitIdentity() error
+	DiscardStaged() error
 }
 
 func (l *ledger) init(rec state.State) {
