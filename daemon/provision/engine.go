@@ -132,7 +132,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for {
 		var r round
 		p, r = p.begin(e.hub.accepted.Swap(false))
-		o := e.round(ctx, dev, r)
+		o := e.carryOut(ctx, dev, r)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -152,9 +152,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
-// round carries out one round: it converges the device, proves the
+// carryOut carries out one round: it converges the device, proves the
 // identity with the hub and saves an identity the disk refused before.
-func (e *Engine) round(ctx context.Context, dev tpmDevice, r round) outcome {
+func (e *Engine) carryOut(ctx context.Context, dev tpmDevice, r round) outcome {
 	if r.refuse != nil {
 		return outcome{err: r.refuse}
 	}

@@ -30,9 +30,9 @@ type policy struct {
 	// rejections counts the hub's rejections since it last accepted the
 	// device.
 	rejections   int
-	failures     int // consecutive failed rounds
-	saveFailures int // consecutive failed saves of the identity in use
-	rounds       int
+	failures     int  // consecutive failed rounds
+	saveFailures int  // consecutive failed saves of the identity in use
+	begun        bool // a round has begun
 }
 
 // newPolicy is the policy of a start: it carries on with a registration a
@@ -64,8 +64,8 @@ func (p policy) begin(acceptedSince bool) (policy, round) {
 	if acceptedSince {
 		p.rejections = 0
 	}
-	r := round{reason: p.reason, first: p.rounds == 0}
-	p.rounds++
+	r := round{reason: p.reason, first: !p.begun}
+	p.begun = true
 	if p.reason == apitype.ReasonHubRejected && !p.hubGate {
 		p.rejections++
 		if p.hubGate = p.rejections == 1; !p.hubGate {
