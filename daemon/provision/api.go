@@ -24,7 +24,7 @@ func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, e
 	if id == nil {
 		return apitype.Token{}, e.noIdentity("")
 	}
-	if !e.clockTrusted() {
+	if !e.clock.trusted() {
 		return apitype.Token{}, errClockUnset
 	}
 	expiry := e.now().Add(ttl).Truncate(time.Second)
@@ -39,22 +39,17 @@ func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, e
 	return apitype.Token{SAS: tok, Hub: id.hub, DeviceID: id.deviceID, ExpiresAt: expiry.UTC()}, nil
 }
 
-// keyNoLongerLoads is why a key that fails to load is lost.
-const keyNoLongerLoads = "it no longer loads in the TPM (a TPM clear or a replaced SRK invalidates the keys wrapped under the SRK)"
-
 // noIdentity is Token's error without a working identity: ErrNotProvisioned
 // for a device never provisioned, and for one whose key was invalidated
 // (why, or the reason recorded by dropIdentity) words that say so.
 func (e *Engine) noIdentity(why string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if why == "" {
-		why = e.lostBecause
+		why = e.ids.lostBecause()
 	}
 	if why == "" {
 		return ErrNotProvisioned
 	}
-	return identityLost{why: why, state: e.status.State}
+	return identityLost{why: why, state: e.status.get().State}
 }
 
 // identityLost is ErrNotProvisioned for a provisioned device whose hub key
@@ -77,9 +72,7 @@ func (identityLost) Is(target error) bool { return target == ErrNotProvisioned }
 // EnrollInfo returns what an operator enters in a DPS individual
 // enrollment for this device.
 func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
-	e.mu.Lock()
-	ek, dev := e.ekPublic, e.dev
-	e.mu.Unlock()
+	dev, ek := e.tpm.get()
 	if ek == nil || dev == nil {
 		return apitype.EnrollInfo{}, fmt.Errorf("the TPM is not ready yet (state %s)", e.Status().State)
 	}
@@ -105,7 +98,10 @@ func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
 
 // TPM is the engine's TPM, nil until it is open. Its methods are safe to
 // call concurrently with the engine's.
-func (e *Engine) TPM() *tpmdev.Device { return e.device() }
+func (e *Engine) TPM() *tpmdev.Device {
+	d, _ := e.device().(device)
+	return d.Device
+}
 
 // CheckIdentity is a technician's `dpsd check` of the hub identity: it
 // proves that the key still loads in the TPM and, when the config wants

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
@@ -21,39 +23,53 @@ type HubOptions struct {
 	RootCAs  *x509.CertPool
 }
 
-// checkHub proves the identity against the hub once per identity: the
-// record keeps the hub's acceptance, so a restart does not connect again
-// (a connection would knock the device's app off the hub, which allows one
-// per device ID). A stay_connected session is the app's intent and always
-// connects. checkHub returns hub-rejected when the hub refuses the device
-// and a re-registration should follow.
-func (e *Engine) checkHub(ctx context.Context) apitype.Reason {
-	id := e.currentIdentity()
-	if e.o.Hub == nil || id == nil {
-		return ""
-	}
-	if e.cfg.Hub.StayConnected {
-		e.startSession(ctx, id)
-		return ""
-	}
-	if !e.cfg.Hub.Verify {
-		return ""
-	}
-	if acc := e.record().HubAccepted; hubAccepted(acc, id) {
-		e.showAccepted(acc)
-		return ""
-	}
-	if errors.Is(e.proveWithHub(ctx, id), hub.ErrRejected) {
-		return apitype.ReasonHubRejected
-	}
-	return ""
+// hubClient is the part of the hub package the engine uses; unit tests
+// fake it.
+type hubClient interface {
+	// Check connects once as cfg's device; an error wrapping
+	// hub.ErrRejected means the hub refuses the device.
+	Check(ctx context.Context, cfg hub.Config, reported map[string]any) (time.Duration, error)
+	// Stay keeps a session until ctx ends or the hub ends it.
+	Stay(ctx context.Context, cfg hub.Config, reported map[string]any, h hub.Handlers, onState func(connected bool, err error)) error
 }
 
-// hubAccepted reports whether the recorded acceptance is id's: the same
-// key, hub and device ID.
-func hubAccepted(acc *state.HubAcceptance, id *identity) bool {
-	return acc != nil && id != nil && acc.KeyDigest == keyDigest(id.key) &&
-		acc.Hub == id.hub && acc.DeviceID == id.deviceID
+// mqttHub is the real hub.
+type mqttHub struct{}
+
+func (mqttHub) Check(ctx context.Context, cfg hub.Config, reported map[string]any) (time.Duration, error) {
+	return hub.Check(ctx, cfg, reported)
+}
+
+func (mqttHub) Stay(ctx context.Context, cfg hub.Config, reported map[string]any, h hub.Handlers, onState func(bool, error)) error {
+	return hub.Stay(ctx, cfg, reported, h, onState)
+}
+
+// hubLink is the engine's side of the hub: the session Run keeps
+// (stay_connected), one check at a time, and whether the hub has accepted
+// the device since Run last asked (policy.begin counts rejections between
+// acceptances).
+type hubLink struct {
+	client  hubClient
+	checkMu sync.Mutex // one hub check at a time: Run's, or a technician's through CheckIdentity
+	session *session   // Run's goroutine only
+	// accepted: the hub has accepted the device since Run last took it.
+	accepted atomic.Bool
+}
+
+// checkHub proves the identity against the hub as hubPlan says, and
+// reports whether the hub refused it (a re-registration should follow).
+func (e *Engine) checkHub(ctx context.Context) (rejected bool) {
+	id := e.currentIdentity()
+	acc := e.rec.get().HubAccepted
+	switch hubPlan(e.o.Hub != nil, e.cfg.Hub.StayConnected, e.cfg.Hub.Verify, acc, id) {
+	case hubSession:
+		e.startSession(ctx, id)
+	case hubRecorded:
+		e.showAccepted(acc)
+	case hubConnect:
+		return errors.Is(e.proveWithHub(ctx, id), hub.ErrRejected)
+	}
+	return false
 }
 
 // keyDigest names an identity key: hex SHA-256 of its public area.
@@ -84,13 +100,13 @@ func (e *Engine) hubCheckOnRequest() bool {
 // cannot be reached (the identity may be fine; never a reason to
 // re-register).
 func (e *Engine) proveWithHub(ctx context.Context, id *identity) error {
-	e.hubMu.Lock()
-	defer e.hubMu.Unlock()
-	took, err := hub.Check(ctx, e.hubConfig(id), e.reported(e.record()))
+	e.hub.checkMu.Lock()
+	defer e.hub.checkMu.Unlock()
+	took, err := e.hub.client.Check(ctx, e.hubConfig(id), e.reported(e.rec.get()))
 	now := e.now().UTC().Truncate(time.Second)
 	switch {
 	case err == nil:
-		e.resetHubRejections()
+		e.hub.accepted.Store(true)
 		e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "ok"} })
 		e.log.Info("hub accepted the device", "hub", id.hub, "device_id", id.deviceID, "connect", took.Round(time.Millisecond).String())
 		e.noteHubAccepted(id)
@@ -117,13 +133,14 @@ func (e *Engine) noteHubAccepted(id *identity) {
 		return
 	}
 	at := e.now().UTC().Truncate(time.Second)
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	if hubAccepted(e.rec.HubAccepted, id) || e.rec.AssignedHub != id.hub || e.rec.DeviceID != id.deviceID {
-		return
-	}
-	e.rec.HubAccepted = &state.HubAcceptance{KeyDigest: keyDigest(id.key), Hub: id.hub, DeviceID: id.deviceID, At: at}
-	if err := e.saveLocked(); err != nil {
+	err := e.rec.changeIf(func(r *state.State) bool {
+		if hubAccepted(r.HubAccepted, id) || r.AssignedHub != id.hub || r.DeviceID != id.deviceID {
+			return false
+		}
+		r.HubAccepted = &state.HubAcceptance{KeyDigest: keyDigest(id.key), Hub: id.hub, DeviceID: id.deviceID, At: at}
+		return true
+	})
+	if err != nil {
 		e.log.Warn("recording the hub's acceptance failed: the next start checks with the hub again", "err", err)
 	}
 }
@@ -131,45 +148,27 @@ func (e *Engine) noteHubAccepted(id *identity) {
 // noteHubRejected forgets a recorded acceptance: the next start checks
 // with the hub again.
 func (e *Engine) noteHubRejected() {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	if e.rec.HubAccepted == nil {
-		return
-	}
-	e.rec.HubAccepted = nil
-	if err := e.saveLocked(); err != nil {
+	err := e.rec.changeIf(func(r *state.State) bool {
+		had := r.HubAccepted != nil
+		r.HubAccepted = nil
+		return had
+	})
+	if err != nil {
 		e.log.Error("recording the hub's refusal failed", "err", err)
 	}
-}
-
-// hubRetryDue decides whether a hub rejection earns a registration: the
-// first one since the hub last accepted the device does; a second means
-// registering did not help, and Run backs off slowly instead (a deleted
-// device must not make the daemon hammer DPS).
-func (e *Engine) hubRetryDue() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.hubRejections++
-	return e.hubRejections == 1
-}
-
-func (e *Engine) resetHubRejections() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.hubRejections = 0
 }
 
 // startSession keeps one hub session per identity (stay_connected), and
 // starts it again when it ended (the hub refused a token, say).
 func (e *Engine) startSession(ctx context.Context, id *identity) {
-	if s := e.session; s != nil && s.id == id && !s.ended() {
+	if s := e.hub.session; s != nil && s.id == id && !s.ended() {
 		return
 	}
 	e.stopSession()
 	sctx, cancel := context.WithCancel(ctx)
 	s := &session{id: id, cancel: cancel, done: make(chan struct{})}
-	e.session = s
-	reported := e.reported(e.record())
+	e.hub.session = s
+	reported := e.reported(e.rec.get())
 	handlers := hub.Handlers{
 		Reprovision: func(context.Context) error { e.Reprovision(apitype.ReasonRequested); return nil },
 		Status:      func() any { return e.Status() },
@@ -180,7 +179,7 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 		}
 		now := e.now().UTC().Truncate(time.Second)
 		if connected {
-			e.resetHubRejections()
+			e.hub.accepted.Store(true)
 			e.noteHubAccepted(id)
 		}
 		e.update(func(st *apitype.Status) {
@@ -195,7 +194,7 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 	}
 	go func() {
 		defer close(s.done)
-		err := hub.Stay(sctx, e.hubConfig(id), reported, handlers, onState)
+		err := e.hub.client.Stay(sctx, e.hubConfig(id), reported, handlers, onState)
 		if sctx.Err() != nil || e.currentIdentity() != id {
 			return
 		}
@@ -214,12 +213,12 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 }
 
 func (e *Engine) stopSession() {
-	if e.session == nil {
+	if e.hub.session == nil {
 		return
 	}
-	e.session.cancel()
-	<-e.session.done
-	e.session = nil
+	e.hub.session.cancel()
+	<-e.hub.session.done
+	e.hub.session = nil
 }
 
 type session struct {

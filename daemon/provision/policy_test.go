@@ -1,43 +1,318 @@
 package provision
 
 import (
+	"errors"
+	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
-func TestRequestPolicy(t *testing.T) {
-	const (
-		requested = apitype.ReasonRequested
-		rejected  = apitype.ReasonHubRejected
-		cleared   = apitype.ReasonTPMCleared
-	)
-	rec := state.State{EKDigest: "ek", PendingReason: string(requested)}
-	tests := []struct {
-		name string
-		got  any
-		want any
-	}{
-		{"a start resumes the recorded request", resumedReason(rec), requested},
-		{"nothing pending, nothing resumed", resumedReason(state.State{}), apitype.Reason("")},
-		{"a technician's request accepts a new EK", expectedEK(rec, requested), ""},
-		{"a resumed tpm-cleared does not", expectedEK(rec, cleared), "ek"},
-		{"nor does a hub rejection", expectedEK(rec, rejected), "ek"},
+const (
+	firstBoot     = apitype.ReasonFirstBoot
+	cleared       = apitype.ReasonTPMCleared
+	rejected      = apitype.ReasonHubRejected
+	configChanged = apitype.ReasonConfigChanged
+	requested     = apitype.ReasonRequested
+)
+
+// The policy under test: the daemon's defaults.
+var (
+	testRetry  = DefaultRetry
+	checkEvery = 5 * time.Minute
+)
+
+// step is one event of a scenario: it moves the policy and returns what
+// the policy decided.
+type step func(policy) (policy, any)
+
+// play runs a scenario from a start with record rec and returns the last
+// decision.
+func play(rec state.State, steps ...step) any {
+	p := newPolicy(rec, testRetry, checkEvery)
+	var got any
+	for _, s := range steps {
+		p, got = s(p)
+	}
+	return got
+}
+
+var (
+	begin         step = func(p policy) (policy, any) { return p.begin(false) }
+	beginAccepted step = func(p policy) (policy, any) { return p.begin(true) }
+	succeed            = after(outcome{})
+	hubRefuses         = after(outcome{hubRejected: true})
+)
+
+func after(o outcome) step { return func(p policy) (policy, any) { return p.after(o) } }
+func fail(err error) step  { return after(outcome{err: err}) }
+func saveFails() step {
+	return after(outcome{unsaved: true, saveErr: errors.New("no space left on device")})
+}
+func wake(r apitype.Reason) step {
+	return func(p policy) (policy, any) { p = p.woken(r); return p, p.reason }
+}
+
+// between matches a jittered wait after a failure: lo ≤ wait ≤ hi.
+type between struct {
+	lo, hi time.Duration
+	state  apitype.State
+}
+
+func (b between) match(got any) bool {
+	n, ok := got.(next)
+	return ok && !n.again && n.backingOff && n.state == b.state && n.wait >= b.lo && n.wait <= b.hi
+}
+
+// saveSoon matches the decision after a failed save of the identity in
+// use: a quick retry, the device still provisioned.
+type saveSoon struct{}
+
+// failed is the decision after a failure whose wait has no jitter.
+func failed(wait time.Duration, st apitype.State) next {
+	return next{wait: wait, backingOff: true, state: st}
+}
+
+// Facts the cases share.
+var (
+	provisioned = state.State{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
+	testKey     = &tpmdev.WrappedKey{Public: []byte("public")}
+	testID      = &identity{key: testKey, hub: "hub.example", deviceID: "dev"}
+	acc         = &state.HubAcceptance{KeyDigest: keyDigest(testKey), Hub: "hub.example", DeviceID: "dev"}
+	otherKey    = &state.HubAcceptance{KeyDigest: "other", Hub: "hub.example", DeviceID: "dev"}
+	staged      = []byte("staged key")
+	naming      = state.State{RegistrationID: "reg", IdentityDigest: digest(staged)}
+	dpsDown     = &dps.Error{Err: errors.New("connection refused")}
+	// A hub rejection, its registration, and the hub refusing the new key.
+	rejectedTwice = []step{begin, hubRefuses, begin, succeed, hubRefuses}
+)
+
+const perm = 30 * time.Minute
+
+func facts(srk, cfg string, key keyCheck) tpmFacts {
+	return tpmFacts{rec: provisioned, srkName: srk, configFP: cfg, key: key}
+}
+
+func need(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
+
+func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = string(r); return s }
+
+// policyCase is one rule at work: what the policy decided, and what it
+// should have.
+type policyCase struct {
+	name string
+	got  any
+	want any
+}
+
+func casesStart() []policyCase {
+	return []policyCase{
+		// First boot.
+		{"first boot registers", need(tpmFacts{srkName: "srk", configFP: "cfg"}), "first-boot/false"},
+		{"first boot's round is the first", play(state.State{}, begin), round{first: true}},
+		{"provisioned: check_interval until the next look", play(state.State{}, begin, succeed), next{wait: checkEvery}},
+
+		// Warm start: nothing to do, nothing to connect to.
+		{"warm start tries the recorded key", need(facts("srk", "cfg", keyUntried)), "/true"},
+		{"warm start: the key loads", need(facts("srk", "cfg", keyLoads)), "/false"},
+		{"a key proven in this process is not loaded again", need(facts("srk", "cfg", keyProven)), "/false"},
+		{"a key the TPM could not try fails the round, registers nothing", need(facts("srk", "cfg", keyLoadFailed)), "/false"},
+		{"warm start with the hub's acceptance recorded connects nowhere", hubPlan(true, false, true, acc, testID), hubRecorded},
+		{"an acceptance of another key: connect once", hubPlan(true, false, true, otherKey, testID), hubConnect},
+		{"never accepted: connect once", hubPlan(true, false, true, nil, testID), hubConnect},
+		{"stay_connected keeps a session", hubPlan(true, true, false, acc, testID), hubSession},
+		{"verify = false never connects", hubPlan(true, false, false, nil, testID), hubSkip},
+		{"no identity, no hub check", hubPlan(true, false, true, nil, nil), hubSkip},
+		{"no hub configured", hubPlan(false, true, true, nil, testID), hubSkip},
+	}
+}
+
+func casesClear() []policyCase {
+	return []policyCase{
+		// The identity key on disk.
+		{"key file missing or unreadable", need(facts("srk", "cfg", keyUnreadable)), "first-boot/false"},
+		{"key file not the one the record names", need(facts("srk", "cfg", keyNotRecorded)), "first-boot/false"},
+		{"key file corrupt", need(facts("srk", "cfg", keyCorrupt)), "first-boot/false"},
+
+		// TPM clears.
+		{"cleared while stopped: the SRK changed", need(facts("new srk", "cfg", keyUntried)), "tpm-cleared/false"},
+		{"cleared while running: the key no longer loads", need(facts("srk", "cfg", keyInvalidated)), "tpm-cleared/false"},
+		{"cleared while running: the signer's re-check ends the wait", cutsWait("", false), true},
+		{"a re-check does not cut a backoff short", cutsWait("", true), false},
+		{"a request cuts a backoff short", cutsWait(requested, true), true},
+		{"a re-check forces nothing", play(provisioned, begin, succeed, wake(""), begin), round{}},
+
+		// Replaced TPM.
+		{"a replaced TPM fails slowly", play(provisioned, begin, fail(ErrTPMReplaced)), failed(perm, apitype.StateFailed)},
+		{"the recorded EK is expected", expectedEK(provisioned, ""), "ek"},
+		{"a technician's request accepts a new EK", expectedEK(provisioned, requested), ""},
+		{"a resumed tpm-cleared does not", expectedEK(provisioned, cleared), "ek"},
+		{"nor does a hub rejection", expectedEK(provisioned, rejected), "ek"},
+	}
+}
+
+func casesHub() []policyCase {
+	return []policyCase{
+		// Hub rejections: one registration per rejection, then slowly.
+		{"a rejection starts the next round at once", play(provisioned, begin, hubRefuses), next{again: true}},
+		{"the first rejection earns a registration", play(provisioned, begin, hubRefuses, begin), round{reason: rejected}},
+		{"a second rejection without an acceptance fails slowly",
+			play(provisioned, append(rejectedTwice, begin)...), round{reason: rejected, refuse: errHubStillRejects}},
+		{"the hub still rejecting waits the permanent delay",
+			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects))...), failed(perm, apitype.StateFailed)},
+		{"after that wait the round forces nothing",
+			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects), begin)...), round{}},
+		{"after that wait a rejection earns one more registration",
+			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects), begin, hubRefuses, begin)...), round{reason: rejected}},
+		{"an acceptance in between earns another registration",
+			play(provisioned, append(rejectedTwice, beginAccepted)...), round{reason: rejected}},
+		{"a rejection's registration retried after a DPS failure is not gated again",
+			play(provisioned, begin, hubRefuses, begin, fail(dpsDown), begin, fail(dpsDown), begin), round{reason: rejected}},
+		{"the session's rejection (stay_connected) earns a registration",
+			play(provisioned, begin, succeed, wake(rejected), begin), round{reason: rejected}},
+	}
+}
+
+func casesRequests() []policyCase {
+	return []policyCase{
+		// A technician's request.
+		{"a request forces a registration", play(provisioned, begin, succeed, wake(requested), begin), round{reason: requested}},
+		{"a pending request is resumed after a restart", play(pending(requested), begin), round{reason: requested, first: true}},
+		{"a registration sent to DPS is resumed after a restart", play(pending(cleared), begin), round{reason: cleared, first: true}},
+		{"a request survives a failure", play(provisioned, begin, succeed, wake(requested), begin, fail(dpsDown), begin), round{reason: requested}},
+		{"a hub rejection does not replace a request", play(provisioned, wake(requested), wake(rejected)), requested},
+		{"a request replaces a hub rejection", play(provisioned, wake(rejected), wake(requested)), requested},
+		{"a re-check keeps the pending reason", play(pending(requested), wake("")), requested},
+		{"a request replacing a rejection is not gated",
+			play(provisioned, append(rejectedTwice, begin, wake(requested), begin)...), round{reason: requested}},
 		{"requested outranks hub-rejected", stronger(requested, rejected), requested},
 		{"hub-rejected does not replace requested", stronger(rejected, requested), requested},
 		{"any reason outranks none", stronger("", cleared), cleared},
+		{"a request that came during the registration stays pending", pendingAfterCommit(requested, true), requested},
+		{"a rejection that came during it was the old key's", pendingAfterCommit(rejected, true), apitype.Reason("")},
+		{"nothing came", pendingAfterCommit("", false), apitype.Reason("")},
+		{"a success clears the forced reason", play(pending(requested), begin, succeed, begin), round{}},
+
+		// Config change.
+		{"a changed provisioning config registers", need(facts("srk", "new cfg", keyUntried)), "config-changed/false"},
+		{"a clear outranks a config change", need(facts("new srk", "new cfg", keyUntried)), "tpm-cleared/false"},
+	}
+}
+
+func casesFailures() []policyCase {
+	return []policyCase{
+		// DPS down, throttling, server errors.
+		{"DPS down: a quick first retry", play(state.State{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"DPS down: the backoff doubles",
+			play(state.State{}, begin, fail(dpsDown), begin, fail(dpsDown), begin, fail(dpsDown)), between{4 * time.Second, 8 * time.Second, apitype.StateFailed}},
+		{"DPS down: the backoff stops at ten minutes",
+			play(state.State{}, failTimes(dpsDown, 20)...), between{5 * time.Minute, 10 * time.Minute, apitype.StateFailed}},
+		{"429 waits its Retry-After",
+			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 429, RetryAfter: 42 * time.Second})), failed(42*time.Second, apitype.StateFailed)},
+		{"503's Retry-After is capped at ten minutes",
+			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 503, RetryAfter: time.Hour})), failed(10*time.Minute, apitype.StateFailed)},
+		{"500 without Retry-After backs off",
+			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 500})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"a success resets the backoff",
+			play(state.State{}, append(failTimes(dpsDown, 20), begin, succeed, begin, fail(dpsDown))...), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+
+		// Permanent errors.
+		{"an unknown enrollment (401) waits half an hour", play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 401})), failed(perm, apitype.StateFailed)},
+		{"a disabled enrollment shows disabled", play(state.State{}, begin, fail(ErrDisabled)), failed(perm, apitype.StateDisabled)},
+		{"not DPS's protocol (a captive portal)", play(state.State{}, begin, fail(fmt.Errorf("x: %w", dps.ErrProtocol))), failed(perm, apitype.StateFailed)},
+		{"DPS failing the registration", play(state.State{}, begin, fail(permanent{errors.New("failed")})), failed(perm, apitype.StateFailed)},
+		{"a wrong hierarchy auth", play(state.State{}, begin, fail(tpmdev.ErrAuthFail)), failed(perm, apitype.StateFailed)},
+		{"a refused poll (lost operation) starts over soon",
+			play(state.State{}, begin, fail(restart{&dps.Error{HTTPStatus: 404}})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"NV full waits half an hour", play(state.State{}, begin, fail(tpmdev.ErrNVFull)), failed(perm, apitype.StateFailed)},
+
+		// Permanent failures a technician fixes on the device: looked at every check_interval.
+		{"owned by someone else", play(state.State{}, begin, fail(ErrOwnedByOther)), failed(checkEvery, apitype.StateFailed)},
+		{"a foreign key at dpsd's handle",
+			play(state.State{}, begin, fail(permanent{fmt.Errorf("x: %w", tpmdev.ErrForeignObject)})), failed(checkEvery, apitype.StateFailed)},
+		{"owner.auth deleted", play(provisioned, begin, fail(fmt.Errorf("x: %w", errOwnerAuthMissing))), failed(checkEvery, apitype.StateFailed)},
+
+		// The TPM and the clock.
+		{"an unreachable TPM shows waiting-for-tpm",
+			play(provisioned, begin, fail(fmt.Errorf("x: %w", tpmdev.ErrUnreachable))), between{time.Second, 2 * time.Second, apitype.StateWaitingForTPM}},
+		{"a clock before the build date is looked at every 5 s", play(provisioned, begin, fail(errClockUnset)), failed(clockPoll, apitype.StateWaitingForTime)},
+	}
+}
+
+func casesDisk() []policyCase {
+	return []policyCase{
+		// A crash in the middle of an identity switch.
+		{"nothing staged", interruptedSwitch(naming, true, nil), switchNone},
+		{"the record names the staged key: finish", interruptedSwitch(naming, true, staged), switchFinish},
+		{"no record names it: discard", interruptedSwitch(provisioned, true, staged), switchDiscard},
+		{"no record at all: discard", interruptedSwitch(state.State{}, false, staged), switchDiscard},
+
+		// The assigned key the disk refused stays in memory.
+		{"a failed save is tried again soon", play(state.State{}, begin, saveFails()), saveSoon{}},
+		{"a failed save registers nothing", play(state.State{}, begin, saveFails(), begin), round{}},
+		{"a saved identity waits check_interval", play(state.State{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
+	}
+}
+
+func casesPoll() []policyCase {
+	return []policyCase{
+		// Polling DPS while it assigns.
+		{"poll after DPS's Retry-After", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, time.Hour)), "3s true"},
+		{"poll without Retry-After", fmt.Sprint(pollDelay(0, 10*time.Minute, time.Hour)), "2s true"},
+		{"a huge Retry-After is capped", fmt.Sprint(pollDelay(999999999*time.Second, 10*time.Minute, time.Hour)), "10m0s true"},
+		{"never poll past the deadline", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, time.Second)), "1s true"},
+		{"the poll deadline passed", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, 0)), "0s false"},
+		{"a stuck assignment fails and backs off",
+			play(state.State{}, begin, fail(fmt.Errorf("%w: still assigning", errAssignTimeout))), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 		{"a request interrupts polling", interruptsPoll(requested), true},
 		{"a hub rejection does not", interruptsPoll(rejected), false},
-		{"nor a re-check", interruptsPoll(""), false},
+		{"nor does a re-check", interruptsPoll(""), false},
+		{"an interrupted poll starts over at once", play(provisioned, begin, fail(errRestartRequested)), next{again: true}},
+		{"and registers for the request", play(provisioned, begin, fail(errRestartRequested), begin), round{reason: requested}},
+	}
+}
+
+// TestPolicy proves every rule of the policy, scenario by scenario,
+// without a TPM.
+func TestPolicy(t *testing.T) {
+	var tests []policyCase
+	for _, cases := range [][]policyCase{casesStart(), casesClear(), casesHub(), casesRequests(), casesFailures(), casesDisk(), casesPoll()} {
+		tests = append(tests, cases...)
 	}
 	for _, tt := range tests {
-		if tt.got != tt.want {
-			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			if b, ok := tt.want.(between); ok {
+				if !b.match(tt.got) {
+					t.Errorf("got %+v, want a wait in %v..%v and state %s", tt.got, b.lo, b.hi, b.state)
+				}
+				return
+			}
+			if _, ok := tt.want.(saveSoon); ok {
+				got, ok := tt.got.(next)
+				if !ok || got.again || got.backingOff || got.state != "" || got.wait < time.Second || got.wait > 2*time.Second {
+					t.Errorf("got %+v, want a wait of 1s..2s, provisioned", tt.got)
+				}
+				return
+			}
+			if !reflect.DeepEqual(tt.got, tt.want) {
+				t.Errorf("got %+v, want %+v", tt.got, tt.want)
+			}
+		})
 	}
+}
+
+// failTimes is n rounds failing with err.
+func failTimes(err error, n int) []step {
+	var s []step
+	for range n {
+		s = append(s, begin, fail(err))
+	}
+	return s
 }
 
 func TestHubAccepted(t *testing.T) {

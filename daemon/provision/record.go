@@ -3,6 +3,7 @@ package provision
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"sync"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/state"
@@ -16,27 +17,22 @@ func (e *Engine) loadRecord() state.State {
 		e.log.Error("state file unusable: treating the device as fresh", "dir", e.cfg.State.Dir, "err", err)
 		rec, found = state.State{}, false
 	}
-	switch staged, err := e.o.Store.LoadStaged(); {
-	case err != nil:
+	staged, err := e.o.Store.LoadStaged()
+	if err != nil {
 		e.log.Error("reading the staged identity key failed", "err", err)
-	case staged == nil:
-	case found && rec.IdentityDigest == digest(staged):
-		// The record names the staged key: the crash came after the
-		// record was saved, so the switch must be finished.
+	}
+	switch interruptedSwitch(rec, found, staged) {
+	case switchFinish:
 		err = e.o.Store.CommitIdentity()
 		e.log.Info("finished an interrupted identity switch", "err", err)
-	default:
-		// No record names it: the registration that staged it never
-		// completed, and the old identity stays.
+	case switchDiscard:
 		err = e.o.Store.DiscardStaged()
 		e.log.Info("discarded an identity from an interrupted registration", "err", err)
 	}
 	if !found {
 		return state.State{}
 	}
-	e.recMu.Lock()
-	e.rec = rec
-	e.recMu.Unlock()
+	e.rec.init(rec)
 	e.update(func(s *apitype.Status) {
 		s.RegistrationID = rec.RegistrationID
 		s.AssignedHub = rec.AssignedHub
@@ -50,48 +46,79 @@ func (e *Engine) loadRecord() state.State {
 	return rec
 }
 
-// The engine's record is what state.json holds or, after a failed save,
-// should hold. recMu serializes every change and save of it: Run, a
+// ledger is the record: what state.json holds or, after a failed save,
+// should hold. Its lock serializes every change and save of it: Run, a
 // technician's request and the hub session all write it.
+type ledger struct {
+	store recordFiles
 
-// record returns a copy of the record.
-func (e *Engine) record() state.State {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	return e.rec
+	mu  sync.Mutex
+	rec state.State
+	// unsavedKey is the identity key rec names when it is not on disk yet
+	// (the disk refused it after DPS had assigned it).
+	unsavedKey []byte
 }
 
-// changeRecord applies f to the record and saves it. The change stands in
+// recordFiles is where the ledger writes: a *state.Store, or a disk that
+// refuses in unit tests.
+type recordFiles interface {
+	Save(state.State) (written bool, err error)
+	StageIdentity(key []byte) error
+	CommitIdentity() error
+	DiscardStaged() error
+}
+
+func (l *ledger) init(rec state.State) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rec = rec
+}
+
+// get returns a copy of the record.
+func (l *ledger) get() state.State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rec
+}
+
+// change applies f to the record and saves it. The change stands in
 // memory even when the save fails; the caller decides what that means.
-func (e *Engine) changeRecord(f func(*state.State)) error {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	f(&e.rec)
-	return e.saveLocked()
+func (l *ledger) change(f func(*state.State)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(&l.rec)
+	return l.saveLocked()
 }
 
-// adoptRecord makes next, which names the identity key raw, the record,
-// and switches the identity on disk. When that fails, the key stays in
-// memory (unsaved) and every later save tries the whole switch again.
-func (e *Engine) adoptRecord(next state.State, raw []byte) error {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	e.rec, e.unsavedKey = next, raw
-	return e.saveLocked()
+// changeIf is change when f reports a change; nothing is saved otherwise.
+func (l *ledger) changeIf(f func(*state.State) bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !f(&l.rec) {
+		return nil
+	}
+	return l.saveLocked()
 }
 
-// saveRecord saves the record again (after a failed save).
-func (e *Engine) saveRecord() error {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	return e.saveLocked()
+// adopt makes next, which names the identity key raw, the record, and
+// switches the identity on disk. When that fails, the key stays in memory
+// (unsaved) and every later save tries the whole switch again.
+func (l *ledger) adopt(next state.State, raw []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rec, l.unsavedKey = next, raw
+	return l.saveLocked()
 }
 
-// identityUnsaved reports whether the identity in use is not on disk yet.
-func (e *Engine) identityUnsaved() bool {
-	e.recMu.Lock()
-	defer e.recMu.Unlock()
-	return e.unsavedKey != nil
+// saveAgain saves the identity in use, when it is not on disk yet.
+// unsaved reports whether it was not.
+func (l *ledger) saveAgain() (unsaved bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unsavedKey == nil {
+		return false, nil
+	}
+	return true, l.saveLocked()
 }
 
 // saveLocked writes the record; with an identity key not on disk yet, the
@@ -99,23 +126,23 @@ func (e *Engine) identityUnsaved() bool {
 // identity with the old record or the new with the new: stage the key,
 // save the record that names it, rename it in (loadRecord finishes or
 // undoes a switch a crash interrupted).
-func (e *Engine) saveLocked() error {
-	if e.unsavedKey == nil {
-		_, err := e.o.Store.Save(e.rec)
+func (l *ledger) saveLocked() error {
+	if l.unsavedKey == nil {
+		_, err := l.store.Save(l.rec)
 		return err
 	}
-	if err := e.o.Store.StageIdentity(e.unsavedKey); err != nil {
+	if err := l.store.StageIdentity(l.unsavedKey); err != nil {
 		return err // names what it was staging
 	}
-	if _, err := e.o.Store.Save(e.rec); err != nil {
-		_ = e.o.Store.DiscardStaged()
+	if _, err := l.store.Save(l.rec); err != nil {
+		_ = l.store.DiscardStaged()
 		return err
 	}
-	if err := e.o.Store.CommitIdentity(); err != nil {
+	if err := l.store.CommitIdentity(); err != nil {
 		// The record names the staged key: the next start finishes this.
 		return err
 	}
-	e.unsavedKey = nil
+	l.unsavedKey = nil
 	return nil
 }
 

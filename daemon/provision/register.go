@@ -14,7 +14,6 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
-	"github.com/dpsd-project/dpsd/tpmdev/authblob"
 )
 
 // DPS is the part of the DPS client the engine uses.
@@ -36,7 +35,7 @@ const defaultPoll = 2 * time.Second
 // device to the new identity. The old identity stays in place (and keeps
 // working) until DPS has assigned the device; from then on the hub knows
 // only the new key, which is kept and used even when the disk refuses it.
-func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, reason apitype.Reason) error {
+func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reason apitype.Reason) error {
 	regID := e.cfg.Provisioning.RegistrationID
 	if regID == "" {
 		regID = dps.RegistrationID(keys.ek.Public)
@@ -55,7 +54,7 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 	if err := e.checkClock(ch.ServerDate); err != nil {
 		return err
 	}
-	challengeKey, err := e.importBlob(ctx, dev, keys, ch.AuthenticationKey)
+	challengeKey, err := dev.Import(ctx, ch.AuthenticationKey, keys.endorsementAuth)
 	if err != nil {
 		return fmt.Errorf("activating the challenge: %w", err)
 	}
@@ -75,31 +74,40 @@ func (e *Engine) register(ctx context.Context, dev *tpmdev.Device, keys tpmKeys,
 	if op, err = e.awaitAssignment(ctx, regID, op, token); err != nil {
 		return err
 	}
-	switch op.Status {
-	case dps.StatusAssigned:
-	case dps.StatusDisabled:
-		return ErrDisabled
-	case dps.StatusFailed:
-		msg := "no reason given"
-		if op.State != nil {
-			msg = fmt.Sprintf("error %d: %s", op.State.ErrorCode, op.State.ErrorMessage)
-		}
-		return permanent{fmt.Errorf("DPS failed the registration: %s", msg)}
-	default:
-		return fmt.Errorf("DPS answered with the unknown status %q", op.Status)
+	rs, err := assigned(op)
+	if err != nil {
+		e.dropIfReplaced(err)
+		return err
 	}
-	// The dps client has checked the answer (hub name, device ID, key).
-	rs := op.State
-	if rs == nil || len(rs.TPM.AuthenticationKey) == 0 {
-		e.dropReplacedIdentity(dps.ErrBadAssignment)
-		return dps.ErrBadAssignment
-	}
-	key, err := e.importBlob(ctx, dev, keys, rs.TPM.AuthenticationKey)
+	key, err := dev.Import(ctx, rs.TPM.AuthenticationKey, keys.endorsementAuth)
 	if err != nil {
 		e.dropReplacedIdentity(err)
 		return fmt.Errorf("importing the hub identity: %w", err)
 	}
 	return e.commit(ctx, dev, keys, key, regID, rs, reason)
+}
+
+// assigned is the registration state of DPS's final answer op, or why it
+// has none. (The dps client has checked the answer: hub name, device ID,
+// key.)
+func assigned(op *dps.Operation) (*dps.RegistrationState, error) {
+	switch op.Status {
+	case dps.StatusAssigned:
+	case dps.StatusDisabled:
+		return nil, ErrDisabled
+	case dps.StatusFailed:
+		msg := "no reason given"
+		if op.State != nil {
+			msg = fmt.Sprintf("error %d: %s", op.State.ErrorCode, op.State.ErrorMessage)
+		}
+		return nil, permanent{fmt.Errorf("DPS failed the registration: %s", msg)}
+	default:
+		return nil, fmt.Errorf("DPS answered with the unknown status %q", op.Status)
+	}
+	if op.State == nil || len(op.State.TPM.AuthenticationKey) == 0 {
+		return nil, dps.ErrBadAssignment
+	}
+	return op.State, nil
 }
 
 // awaitAssignment polls the operation until DPS has decided, within
@@ -138,7 +146,7 @@ func (e *Engine) prepareSwitch(reason apitype.Reason) error {
 	if err := e.o.Store.CheckWritable(state.CommitSpace); err != nil {
 		return fmt.Errorf("the state directory cannot keep a new identity, so dpsd does not ask DPS for one: %w", err)
 	}
-	err := e.changeRecord(func(r *state.State) {
+	err := e.rec.change(func(r *state.State) {
 		r.PendingReason = string(stronger(apitype.Reason(r.PendingReason), reason))
 		r.HubAccepted = nil
 	})
@@ -165,7 +173,7 @@ func (e *Engine) dropReplacedIdentity(why error) {
 		return
 	}
 	e.log.Error("DPS replaced the hub key but the new one cannot be used: the old identity is dropped", "err", why)
-	e.setIdentity(nil)
+	e.ids.set(nil)
 	e.stopSession()
 	e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{} })
 }
@@ -173,13 +181,13 @@ func (e *Engine) dropReplacedIdentity(why error) {
 // commit makes the assigned identity the device's: in use at once, and
 // on disk as soon as the disk takes it (Run saves it again while it does
 // not; DPS is not asked again).
-func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, key *tpmdev.WrappedKey, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
+func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
 	raw, err := key.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("encoding the identity key: %w", err)
 	}
 	fp := keys.fingerprint()
-	prev := e.record()
+	prev := e.rec.get()
 	next := state.State{
 		RegistrationID:    regID,
 		IDScope:           e.cfg.Provisioning.IDScope,
@@ -195,7 +203,7 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, k
 		OwnerAuthSealed:   e.ownerAuthSealed(&prev, fp.srkName),
 		PendingReason:     string(e.pendingAfterCommit()),
 	}
-	e.setIdentity(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
+	e.ids.set(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
 	e.update(func(s *apitype.Status) {
 		s.AssignedHub = rs.AssignedHub
 		s.DeviceID = rs.DeviceID
@@ -204,7 +212,7 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, k
 		s.Reason = reason
 		s.Hub = apitype.HubStatus{} // nobody has asked the hub about this key yet
 	})
-	if err := e.adoptRecord(next, raw); err != nil {
+	if err := e.rec.adopt(next, raw); err != nil {
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
 	if h := e.cfg.TPM.IdentityHandle; h != "" {
@@ -216,43 +224,26 @@ func (e *Engine) commit(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, k
 	return nil
 }
 
-// pendingAfterCommit is the record's pending reason once a registration
-// has completed: none, unless a technician asked again meanwhile (that
-// request is still to be served, and must survive a restart). A hub
-// rejection that came meanwhile was the old key's (DPS replaces it when
-// it assigns): the new identity answers it, so it is dropped.
+// pendingAfterCommit takes the requests a completed registration answers
+// (pendingAfterCommit) and returns the one still to be served.
 func (e *Engine) pendingAfterCommit() apitype.Reason {
-	e.takeRequestIf(func(r apitype.Reason) bool { return r == apitype.ReasonHubRejected })
-	if e.requestPending(apitype.ReasonRequested) {
-		return apitype.ReasonRequested
-	}
-	return ""
+	e.requests.takeIf(func(r apitype.Reason) bool { return r == apitype.ReasonHubRejected })
+	return pendingAfterCommit(e.requests.peek())
 }
 
-func (e *Engine) persistIdentity(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
+// persistIdentity makes the identity key persistent at handle, for other
+// SDK apps.
+func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
 	owner, err := keys.ownerAuth(ctx)
 	if err != nil {
 		return err
 	}
-	h, err := tpmdev.ParseHandle(handle)
-	if err != nil {
-		return err
-	}
-	return dev.Persist(ctx, key, h, owner)
-}
-
-// importBlob parses an authenticationKey blob and unwraps it in the TPM.
-func (e *Engine) importBlob(ctx context.Context, dev *tpmdev.Device, keys tpmKeys, raw []byte) (*tpmdev.WrappedKey, error) {
-	b, err := authblob.Parse(raw)
-	if err != nil {
-		return nil, permanent{fmt.Errorf("DPS sent a malformed authenticationKey: %w", err)}
-	}
-	return dev.ActivateAndImport(ctx, b, keys.endorsementAuth)
+	return dev.PersistAt(ctx, key, handle, owner)
 }
 
 // signer signs with key inside the TPM.
 // A key that no longer loads wakes the engine to look for a cleared TPM.
-func (e *Engine) signer(dev *tpmdev.Device, key *tpmdev.WrappedKey) sas.Signer {
+func (e *Engine) signer(dev tpmDevice, key *tpmdev.WrappedKey) sas.Signer {
 	return func(ctx context.Context, data []byte) ([]byte, error) {
 		sig, err := dev.HMAC(ctx, key, data)
 		if errors.Is(err, tpmdev.ErrKeyInvalidated) {

@@ -42,18 +42,3 @@ func (r Retry) Delay(n int, retryAfter time.Duration, perm bool) time.Duration {
 	// Full jitter: a fleet that lost DPS at once must not come back at once.
 	return ceiling/2 + rand.N(ceiling/2+1)
 }
-
-// pollDelay is the wait before the next poll of an operation: DPS's
-// Retry-After (defaultPoll without one), at most max, never beyond the
-// registration's deadline, left from now. ok is false once the deadline
-// has passed.
-func pollDelay(retryAfter, max, left time.Duration) (wait time.Duration, ok bool) {
-	if left <= 0 {
-		return 0, false
-	}
-	wait = min(retryAfter, max)
-	if wait <= 0 {
-		wait = defaultPoll
-	}
-	return min(wait, left), true
-}

@@ -33,26 +33,3 @@ func TestRetryDelay(t *testing.T) {
 		})
 	}
 }
-
-func TestPollDelay(t *testing.T) {
-	const max = 10 * time.Minute
-	tests := []struct {
-		name             string
-		retryAfter, left time.Duration
-		want             time.Duration
-		ok               bool
-	}{
-		{"DPS's Retry-After", 3 * time.Second, time.Hour, 3 * time.Second, true},
-		{"none: the default", 0, time.Hour, defaultPoll, true},
-		{"huge: capped", 999999999 * time.Second, time.Hour, max, true},
-		{"not beyond the deadline", 3 * time.Second, time.Second, time.Second, true},
-		{"deadline passed", 3 * time.Second, 0, 0, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got, ok := pollDelay(tt.retryAfter, max, tt.left); got != tt.want || ok != tt.ok {
-				t.Errorf("pollDelay(%v, %v, %v) = %v, %t; want %v, %t", tt.retryAfter, max, tt.left, got, ok, tt.want, tt.ok)
-			}
-		})
-	}
-}

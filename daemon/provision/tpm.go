@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
@@ -18,6 +19,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/authblob"
 )
 
 // tpmKeys is what setupTPM establishes: the EK and SRK publics and the
@@ -44,18 +46,91 @@ func (k tpmKeys) fingerprint() fingerprint {
 	return fingerprint{ekDigest: hex.EncodeToString(d[:]), srkName: hex.EncodeToString(k.srk.Name)}
 }
 
+// tpmDevice is the part of the TPM the engine uses: a *tpmdev.Device
+// (through device), or a fake in unit tests. Its methods are safe to call
+// concurrently.
+type tpmDevice interface {
+	Path() string
+	Stats() tpmdev.Stats
+	Busy() time.Duration
+	Close() error
+	ReadEK(ctx context.Context) (tpmdev.EK, error)
+	EnsureEK(ctx context.Context, t tpmdev.EKTemplate, endorsementAuth, ownerAuth []byte) (tpmdev.EK, error)
+	EKCertificate(ctx context.Context) ([]byte, error)
+	ReadSRK(ctx context.Context) (tpmdev.SRK, error)
+	EnsureSRK(ctx context.Context, ownerAuth []byte) (tpmdev.SRK, error)
+	Ownership(ctx context.Context) (tpmdev.Ownership, error)
+	SetOwnerAuth(ctx context.Context, old, new []byte) error
+	Seal(ctx context.Context, secret []byte) ([]byte, error)
+	Unseal(ctx context.Context, sealed []byte) ([]byte, error)
+	LoadCheck(ctx context.Context, k *tpmdev.WrappedKey) error
+	HMAC(ctx context.Context, k *tpmdev.WrappedKey, data []byte) ([]byte, error)
+	// Import activates the challenge of a DPS authenticationKey blob and
+	// imports the key it wraps under the SRK.
+	Import(ctx context.Context, blob, endorsementAuth []byte) (*tpmdev.WrappedKey, error)
+	// PersistAt makes k persistent at handle ("0x8100...") for other apps.
+	PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error
+}
+
+// device is a *tpmdev.Device as the engine uses it.
+type device struct{ *tpmdev.Device }
+
+func (d device) Import(ctx context.Context, raw, endorsementAuth []byte) (*tpmdev.WrappedKey, error) {
+	b, err := authblob.Parse(raw)
+	if err != nil {
+		return nil, permanent{fmt.Errorf("DPS sent a malformed authenticationKey: %w", err)}
+	}
+	return d.ActivateAndImport(ctx, b, endorsementAuth)
+}
+
+func (d device) PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error {
+	h, err := tpmdev.ParseHandle(handle)
+	if err != nil {
+		return err
+	}
+	return d.Persist(ctx, k, h, ownerAuth)
+}
+
+// tpmSlot is the open TPM and what the status API reads of it.
+type tpmSlot struct {
+	mu       sync.Mutex
+	dev      tpmDevice
+	ekPublic []byte // the EK's TPM2B_PUBLIC, once read
+}
+
+func (s *tpmSlot) get() (tpmDevice, []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dev, s.ekPublic
+}
+
+func (s *tpmSlot) set(dev tpmDevice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dev = dev
+}
+
+func (s *tpmSlot) setEK(pub []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ekPublic = pub
+}
+
+func (e *Engine) device() tpmDevice {
+	dev, _ := e.tpm.get()
+	return dev
+}
+
 // waitForTPM opens the TPM, waiting for a device that has not appeared yet
 // (udev may be late, a module may load later).
-func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
+func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 	delay := time.Second
 	var last string
 	for {
-		dev, err := e.o.OpenTPM()
+		dev, err := e.openTPM()
 		if err == nil {
-			e.mu.Lock()
-			e.dev = dev
-			e.status.TPM.Device = dev.Path()
-			e.mu.Unlock()
+			e.tpm.set(dev)
+			e.update(func(s *apitype.Status) { s.TPM.Device = dev.Path() })
 			return dev, nil
 		}
 		msg := err.Error()
@@ -68,8 +143,6 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", msg)
 			last = msg
 		}
-		// The daemon is up and says what it waits for; READY keeps
-		// systemd's start timeout from killing it meanwhile.
 		e.ready()
 		select {
 		case <-ctx.Done():
@@ -87,50 +160,18 @@ func (e *Engine) waitForTPM(ctx context.Context) (*tpmdev.Device, error) {
 // EK missing from a replacement is still created and persisted: it is the
 // same key whoever creates it, and its public part is what the operator
 // needs for that enrollment.)
-func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK string) (tpmKeys, error) {
-	var k tpmKeys
-	var err error
-	shared := e.cfg.TPM.Ownership == config.OwnershipShared
-	if shared {
-		if k.endorsementAuth, err = readAuthFile(e.cfg.TPM.EndorsementAuthFile); err != nil {
-			return k, permanent{fmt.Errorf("reading the endorsement auth: %w", err)}
-		}
-		owner, err := readAuthFile(e.cfg.TPM.OwnerAuthFile)
-		if err != nil {
-			return k, permanent{fmt.Errorf("reading the owner auth: %w", err)}
-		}
-		k.ownerAuth = func(context.Context) ([]byte, error) { return owner, nil }
-	} else {
-		k.ownerAuth = e.sealedOwnerAuth(dev)
-	}
-
-	ekTemplate := tpmdev.EKTemplateTCG
-	if e.cfg.TPM.EKTemplate == config.EKTemplateAzureSDK {
-		ekTemplate = tpmdev.EKTemplateAzureSDK
-	}
-	// Reading is free; only creating the EK or SRK needs the owner auth,
-	// so ask for it (and unseal it) only then.
-	k.ek, err = dev.ReadEK(ctx)
-	if errors.Is(err, tpmdev.ErrNotFound) {
-		owner, aerr := k.ownerAuth(ctx)
-		if aerr != nil {
-			return k, aerr
-		}
-		k.ek, err = dev.EnsureEK(ctx, ekTemplate, k.endorsementAuth, owner)
-	}
-	if errors.Is(err, tpmdev.ErrForeignObject) {
-		return k, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
-	}
+func (e *Engine) setupTPM(ctx context.Context, dev tpmDevice, expectEK string) (tpmKeys, error) {
+	k, err := e.auths(dev)
 	if err != nil {
-		return k, fmt.Errorf("ensuring the EK: %w", err)
+		return k, err
 	}
-	e.mu.Lock()
-	e.ekPublic = k.ek.Public
-	e.mu.Unlock()
+	if k.ek, err = e.ensureEK(ctx, dev, k); err != nil {
+		return k, err
+	}
+	e.tpm.setEK(k.ek.Public)
 	if expectEK != "" && k.fingerprint().ekDigest != expectEK {
 		return k, ErrTPMReplaced
 	}
-
 	k.srk, err = dev.ReadSRK(ctx)
 	switch {
 	case err == nil:
@@ -140,9 +181,59 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK stri
 	case !errors.Is(err, tpmdev.ErrNotFound):
 		return k, fmt.Errorf("reading the SRK: %w", err)
 	}
-
 	// No SRK: a first boot or a cleared TPM.
-	if shared {
+	return e.createSRK(ctx, dev, k)
+}
+
+// auths are the hierarchy auths of the configured ownership mode.
+func (e *Engine) auths(dev tpmDevice) (tpmKeys, error) {
+	var k tpmKeys
+	if e.cfg.TPM.Ownership != config.OwnershipShared {
+		k.ownerAuth = e.sealedOwnerAuth(dev)
+		return k, nil
+	}
+	var err error
+	if k.endorsementAuth, err = readAuthFile(e.cfg.TPM.EndorsementAuthFile); err != nil {
+		return k, permanent{fmt.Errorf("reading the endorsement auth: %w", err)}
+	}
+	owner, err := readAuthFile(e.cfg.TPM.OwnerAuthFile)
+	if err != nil {
+		return k, permanent{fmt.Errorf("reading the owner auth: %w", err)}
+	}
+	k.ownerAuth = func(context.Context) ([]byte, error) { return owner, nil }
+	return k, nil
+}
+
+// ensureEK reads the EK, creating it when it is missing. Reading is free;
+// only creating it needs the owner auth, so it is asked for (and
+// unsealed) only then.
+func (e *Engine) ensureEK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmdev.EK, error) {
+	ek, err := dev.ReadEK(ctx)
+	if errors.Is(err, tpmdev.ErrNotFound) {
+		owner, aerr := k.ownerAuth(ctx)
+		if aerr != nil {
+			return ek, aerr
+		}
+		template := tpmdev.EKTemplateTCG
+		if e.cfg.TPM.EKTemplate == config.EKTemplateAzureSDK {
+			template = tpmdev.EKTemplateAzureSDK
+		}
+		ek, err = dev.EnsureEK(ctx, template, k.endorsementAuth, owner)
+	}
+	if errors.Is(err, tpmdev.ErrForeignObject) {
+		return ek, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
+	}
+	if err != nil {
+		return ek, fmt.Errorf("ensuring the EK: %w", err)
+	}
+	return ek, nil
+}
+
+// createSRK creates the missing SRK: with the configured owner auth in
+// shared mode; else it takes ownership of an unowned TPM.
+func (e *Engine) createSRK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmKeys, error) {
+	var err error
+	if e.cfg.TPM.Ownership == config.OwnershipShared {
 		owner, _ := k.ownerAuth(ctx)
 		if k.srk, err = dev.EnsureSRK(ctx, owner); err != nil {
 			if errors.Is(err, tpmdev.ErrAuthFail) {
@@ -174,7 +265,7 @@ func (e *Engine) setupTPM(ctx context.Context, dev *tpmdev.Device, expectEK stri
 // before the TPM's auth changes, so a crash in between leaves an unused
 // file and an unowned TPM (done again at the next start), never an owned
 // TPM whose auth is lost.
-func (e *Engine) takeOwnership(ctx context.Context, dev *tpmdev.Device) error {
+func (e *Engine) takeOwnership(ctx context.Context, dev tpmDevice) error {
 	auth := make([]byte, 32)
 	if _, err := rand.Read(auth); err != nil {
 		return fmt.Errorf("generating the owner auth: %w", err)
@@ -196,7 +287,7 @@ func (e *Engine) takeOwnership(ctx context.Context, dev *tpmdev.Device) error {
 
 // sealedOwnerAuth returns a function that unseals the owner auth dpsd set,
 // or answers with the empty auth when the TPM has none.
-func (e *Engine) sealedOwnerAuth(dev *tpmdev.Device) func(context.Context) ([]byte, error) {
+func (e *Engine) sealedOwnerAuth(dev tpmDevice) func(context.Context) ([]byte, error) {
 	return func(ctx context.Context) ([]byte, error) {
 		own, err := dev.Ownership(ctx)
 		if err != nil {
@@ -248,7 +339,7 @@ func readAuthFile(path string) ([]byte, error) {
 // its SRK exists: a first boot interrupted between creating the SRK and
 // setting the auth, or an SRK made by a factory tool. It runs after READY,
 // off the warm start's path; a failed read only leaves the facts stale.
-func (e *Engine) ensureOwnership(ctx context.Context, dev *tpmdev.Device) error {
+func (e *Engine) ensureOwnership(ctx context.Context, dev tpmDevice) error {
 	own, err := e.readOwnership(ctx, dev)
 	if err != nil {
 		e.log.Warn("reading the TPM's ownership failed", "err", err)
@@ -263,7 +354,7 @@ func (e *Engine) ensureOwnership(ctx context.Context, dev *tpmdev.Device) error 
 
 // readOwnership reads the hierarchy and lockout flags and puts them in the
 // status.
-func (e *Engine) readOwnership(ctx context.Context, dev *tpmdev.Device) (tpmdev.Ownership, error) {
+func (e *Engine) readOwnership(ctx context.Context, dev tpmDevice) (tpmdev.Ownership, error) {
 	own, err := dev.Ownership(ctx)
 	if err != nil {
 		return own, fmt.Errorf("reading the TPM's ownership: %w", err)
