@@ -154,6 +154,7 @@ var allowedImports = map[string][]string{
 	"daemon/dps/dpsemu":            {"daemon/atomicfile", "daemon/dps", "daemon/hub/hubemu", "daemon/sas", "tpmdev/authblob"},
 	"cmd/dpsemu":                   {"daemon/dps/dpsemu"},
 	"scripts/bench":                {"daemon/apitype"},
+	"scripts/vmtest":               {"daemon/apitype"},
 }
 
 // TestImportDirection checks every project package's imports against
