@@ -75,10 +75,10 @@ func TestReportOrderAndNames(t *testing.T) {
 	}
 	// One cause, one failure: the TPM checks that could not run only warn.
 	expect(t, rep, check.NameEK, apitype.CheckWarn, "not checked")
-	if !check.Failed(rep) {
+	if !rep.Failed() {
 		t.Error("Failed = false with failing checks")
 	}
-	if check.Failed(apitype.CheckReport{Checks: []apitype.Check{{Status: apitype.CheckWarn}}}) {
+	if (apitype.CheckReport{Checks: []apitype.Check{{Status: apitype.CheckWarn}}}).Failed() {
 		t.Error("Failed = true with warnings only")
 	}
 }

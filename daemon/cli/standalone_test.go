@@ -14,6 +14,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/standalone"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
@@ -46,7 +47,7 @@ dir = %q
 
 func runIn(args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
-	code := cli.App{}.Main(context.Background(), args, &out, &errOut)
+	code := cli.App{Standalone: standalone.Local{}}.Main(context.Background(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
