@@ -18,6 +18,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
@@ -296,12 +297,8 @@ func TestStatusWatch(t *testing.T) {
 // broken run.
 func waitForText(t *testing.T, buf *localapitest.LogBuffer, text string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(buf.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in %q", text, buf)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Poll(func() bool { return strings.Contains(buf.String(), text) }) {
+		t.Fatalf("no %q in %q", text, buf)
 	}
 }
 

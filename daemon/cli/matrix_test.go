@@ -18,6 +18,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // cliMainEnv makes the test binary behave as dpsd (see TestMain), so that
@@ -127,7 +128,7 @@ type want struct {
 // socket group, as a member of a token-allowed group and as an unrelated
 // user, against a server on a real socket, and checks each answer.
 func TestAuthorizationMatrix(t *testing.T) {
-	localapitest.RequireRoot(t, "create users and run dpsd as them")
+	testenv.RequireRoot(t, "create users and run dpsd as them")
 	readGroup, appsGroup, callers := addUsers(t)
 	exe := localapitest.ExecutableForAll(t)
 

@@ -463,32 +463,45 @@ func TestUntrustedServer(t *testing.T) {
 // TestTimeoutAndCancel: a server that never answers is a temporary network
 // error once Timeout passes; a cancelled caller gets its own cause back.
 func TestTimeoutAndCancel(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-release }))
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { close(release) })
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
-	c, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool, Timeout: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Poll(t.Context(), testRegID, testOpID, testSAS)
+	t.Parallel()
+	c, _ := hangingClient(t, 50*time.Millisecond)
+	_, err := c.Poll(t.Context(), testRegID, testOpID, testSAS)
 	var de *Error
 	if !errors.As(err, &de) || !de.Temporary() || de.HTTPStatus != 0 {
 		t.Errorf("timeout: %v, want a temporary *Error", err)
 	}
 
-	c, err = NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Cancelled while the request is with the server.
+	c, arrived := hangingClient(t, 0)
 	ctx, cancel := context.WithCancel(t.Context())
-	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+	go func() { <-arrived; cancel() }()
 	_, err = c.Poll(ctx, testRegID, testOpID, testSAS)
 	if !errors.Is(err, context.Canceled) || errors.As(err, &de) {
 		t.Errorf("cancel: %v, want context.Canceled and no *Error", err)
 	}
+}
+
+// hangingClient is a client (with timeout; 0: the default) of a DPS that
+// never answers; arrived receives once per request the server gets.
+func hangingClient(t *testing.T, timeout time.Duration) (c *Client, arrived <-chan struct{}) {
+	t.Helper()
+	release, got := make(chan struct{}), make(chan struct{}, 8)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, got
 }
 
 // TestProxy: with Proxy set, the exchange goes through an HTTP CONNECT

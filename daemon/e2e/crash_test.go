@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // consistent checks that the record names exactly the identity on disk and
@@ -51,7 +52,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 			if tc.afterChallenge {
 				// The authenticated PUT has arrived (so the challenge was
 				// imported) and is held up by the latency.
-				waitUntil(t, "the authenticated registration", func() bool { return emu.stats()["register"] >= 1 })
+				testenv.WaitUntil(t, "the authenticated registration", func() bool { return emu.stats()["register"] >= 1 })
 			}
 			d.kill()
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
@@ -172,7 +173,7 @@ func TestOwnerAuthDeleted(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	waitUntil(t, "the identity_handle failure", func() bool {
+	testenv.WaitUntil(t, "the identity_handle failure", func() bool {
 		return strings.Contains(d.log.String(), "persisting the identity key for other apps failed")
 	})
 	var line string

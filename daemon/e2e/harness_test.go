@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
@@ -380,21 +381,20 @@ func (d *device) status() (apitype.Status, bool) {
 // broken run, it is not a performance assertion.
 func (d *device) waitFor(what string, cond func(apitype.Status) bool) apitype.Status {
 	d.t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
 	var last apitype.Status
-	for time.Now().Before(deadline) {
+	held := testenv.Poll(func() bool {
 		if d.cmd != nil && !d.running() {
 			d.t.Fatalf("dpsd exited while waiting for %s\n%s", what, d.log)
 		}
-		if s, ok := d.status(); ok {
+		s, ok := d.status()
+		if ok {
 			last = s
-			if cond(s) {
-				return s
-			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		return ok && cond(s)
+	})
+	if !held {
+		d.t.Fatalf("timed out waiting for %s; last status %+v\n%s", what, last, d.log)
 	}
-	d.t.Fatalf("timed out waiting for %s; last status %+v\n%s", what, last, d.log)
 	return last
 }
 
@@ -434,18 +434,6 @@ func fileSnapshot(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return snap
-}
-
-// waitUntil polls cond; the deadline only bounds a broken run.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // token asks the daemon for a hub token (`dpsd token --json`).

@@ -258,15 +258,37 @@ func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	disabled := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	// A technician's registration, run to its end, is what one attempt
+	// costs; a second one after the token requests is the barrier: a
+	// registration the tokens wrongly woke starts at once and has run (or
+	// is counted) by the time the requested one has.
+	requested := func() (apitype.Status, int) {
+		t.Helper()
+		now, ok := d.status()
+		if !ok {
+			t.Fatal("dpsd status failed")
+		}
+		if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+			t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+		}
+		s := d.waitFor("the requested registration", func(s apitype.Status) bool {
+			return s.State == apitype.StateDisabled && s.Attempts > now.Attempts
+		})
+		return s, emu.stats()["total"]
+	}
 	before := emu.stats()["total"]
+	s1, after1 := requested()
 	for range 10 {
 		if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
 			t.Fatal("a token was issued with the key of a cleared TPM")
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // room for a wrongly woken registration
-	if n := emu.stats()["total"] - before; n != 0 {
-		t.Errorf("%d DPS requests caused by token requests during a backoff, want 0", n)
+	s2, after2 := requested()
+	if s1.Attempts != disabled.Attempts+1 || s2.Attempts != s1.Attempts+1 {
+		t.Errorf("attempts %d, %d, %d: registrations beyond the two requested", disabled.Attempts, s1.Attempts, s2.Attempts)
+	}
+	if n, one := after2-after1, after1-before; n != one {
+		t.Errorf("%d DPS requests during the token requests and one requested registration, want %d (one registration)", n, one)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // notifySocket stands in for systemd's NOTIFY_SOCKET and keeps every
@@ -70,9 +71,9 @@ func TestSystemdNotifications(t *testing.T) {
 	n := listenNotify(t)
 	d.env = []string{"NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=200000"}
 	d.start()
-	waitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
-	waitUntil(t, "a failed attempt in STATUS", func() bool { return n.index("STATUS=failed") >= 0 })
-	waitUntil(t, "WATCHDOG=1", func() bool { return n.index("WATCHDOG=1") >= 0 })
+	testenv.WaitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
+	testenv.WaitUntil(t, "a failed attempt in STATUS", func() bool { return n.index("STATUS=failed") >= 0 })
+	testenv.WaitUntil(t, "WATCHDOG=1", func() bool { return n.index("WATCHDOG=1") >= 0 })
 	if s, ok := d.status(); !ok || s.State == "provisioned" {
 		t.Errorf("status while DPS is down: %+v (answered %v)", s, ok)
 	}
@@ -98,7 +99,7 @@ func TestWaitingForTPM(t *testing.T) {
 	if s.LastError == nil || !strings.Contains(*s.LastError, "/dev/tpmrm-not-here") {
 		t.Errorf("lastError %v does not name the device", s.LastError)
 	}
-	waitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
+	testenv.WaitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
 	if !d.running() {
 		t.Fatal("dpsd exited without a TPM")
 	}

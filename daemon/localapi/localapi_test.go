@@ -21,6 +21,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/client"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // The policy of the unit tests uses numeric IDs, so that it does not
@@ -452,7 +453,7 @@ func TestRefusalsRateLimited(t *testing.T) {
 // TestListenRefusesUnsafeDir: dpsd does not create its socket where
 // another user could swap it for a symlink or take the path.
 func TestListenRefusesUnsafeDir(t *testing.T) {
-	localapitest.RequireRoot(t, "give a directory to another uid")
+	testenv.RequireRoot(t, "give a directory to another uid")
 	tests := []struct {
 		name  string
 		mode  os.FileMode

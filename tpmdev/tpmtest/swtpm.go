@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -122,7 +123,7 @@ func freePortPair(t testing.TB) int {
 
 func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, channels ...string) SwtpmInfo {
 	t.Helper()
-	bin := requireTool(t, "swtpm")
+	bin := testenv.LookPath(t, "swtpm")
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
@@ -228,7 +229,7 @@ func Swtpm(t testing.TB) (*tpmdev.Device, SwtpmInfo) {
 // not be in an operation: swtpm serves one client at a time.
 func ClearSwtpm(t testing.TB, info SwtpmInfo) {
 	t.Helper()
-	bin := requireTool(t, "tpm2_clear")
+	bin := testenv.LookPath(t, "tpm2_clear")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := tpm2Tool(ctx, bin, "-c", "p", "-T", info.tcti()); err != nil {
@@ -251,7 +252,7 @@ func tpm2Tool(ctx context.Context, bin string, args ...string) ([]byte, error) {
 // does. swtpm has room for three. The Device must not be in an operation.
 func LeaveObjects(t testing.TB, info SwtpmInfo, n int) {
 	t.Helper()
-	bin := requireTool(t, "tpm2_createprimary")
+	bin := testenv.LookPath(t, "tpm2_createprimary")
 	dir := t.TempDir()
 	for i := range n {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

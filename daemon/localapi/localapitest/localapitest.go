@@ -219,19 +219,6 @@ func ExecutableForAll(t testing.TB) string {
 	return path
 }
 
-// RequireRoot fails the test under CI (which runs as root) and skips it
-// elsewhere when the process is not root; why says what needs root.
-func RequireRoot(t testing.TB, why string) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("needs root to %s; CI runs as root", why)
-	}
-	t.Skipf("needs root to %s", why)
-}
-
 // LogBuffer collects a server's log from its goroutines for searching.
 type LogBuffer struct {
 	mu sync.Mutex
