@@ -252,7 +252,7 @@ func TestWait(t *testing.T) {
 	}
 
 	// Provisioned while waiting: the daemon pushes the change, exit 0.
-	var out, stderr localapitest.LogBuffer
+	var out, stderr testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.App{}.Main(context.Background(), []string{"wait", "--socket", sock}, &out, &stderr)
@@ -278,7 +278,7 @@ func TestStatusWatch(t *testing.T) {
 	} {
 		b.SetStatus(apitype.Status{State: apitype.StateRegistering})
 		ctx, cancel := context.WithCancel(context.Background())
-		var out, errOut localapitest.LogBuffer
+		var out, errOut testenv.Buffer
 		done := make(chan int, 1)
 		go func() {
 			done <- cli.App{}.Main(ctx, append([]string{"status", "--watch", "--socket", sock}, tt.args...), &out, &errOut)
@@ -295,7 +295,7 @@ func TestStatusWatch(t *testing.T) {
 
 // waitForText waits until buf holds text; the deadline only bounds a
 // broken run.
-func waitForText(t *testing.T, buf *localapitest.LogBuffer, text string) {
+func waitForText(t *testing.T, buf *testenv.Buffer, text string) {
 	t.Helper()
 	if !testenv.Poll(func() bool { return strings.Contains(buf.String(), text) }) {
 		t.Fatalf("no %q in %q", text, buf)

@@ -132,7 +132,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	readGroup, appsGroup, callers := addUsers(t)
 	exe := localapitest.ExecutableForAll(t)
 
-	var logs localapitest.LogBuffer
+	var logs testenv.Buffer
 	b := localapitest.NewBackend(provisioned())
 	tokenAllow := []string{"@" + appsGroup}
 	srv := localapi.New(b, localapi.Options{SocketGroup: readGroup, TokenAllow: tokenAllow, MaxTTL: 24 * time.Hour,
