@@ -10,6 +10,7 @@ import (
 // standalone paths is injected (cli.Standalone), so neither the TPM layer
 // nor the daemon's engine is linked through daemon/cli.
 func TestCLIImportsNoTPMCode(t *testing.T) {
+	t.Parallel()
 	out, err := exec.Command("go", "list", "-deps", "github.com/dpsd-project/dpsd/daemon/cli").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", err)

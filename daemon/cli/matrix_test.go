@@ -128,6 +128,7 @@ type want struct {
 // socket group, as a member of a token-allowed group and as an unrelated
 // user, against a server on a real socket, and checks each answer.
 func TestAuthorizationMatrix(t *testing.T) {
+	t.Parallel()
 	testenv.RequireRoot(t, "create users and run dpsd as them")
 	readGroup, appsGroup, callers := addUsers(t)
 	exe := localapitest.ExecutableForAll(t)

@@ -54,6 +54,7 @@ func runIn(args ...string) (int, string, string) {
 // With the daemon down, enroll-info reads the TPM itself: the EK public as
 // DPS stores it and the registration ID derived from exactly those bytes.
 func TestEnrollInfoStandalone(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	cfgPath := standaloneConfig(t, info, "")
 
@@ -104,6 +105,7 @@ func TestEnrollInfoStandalone(t *testing.T) {
 // A TPM without an EK whose owner auth someone set: enroll-info creates
 // nothing, guesses no password, and says what to do.
 func TestEnrollInfoStandaloneOwnedTPM(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	dev, err := tpmdev.Open(info.Spec(), tpmtest.Logger(t))
 	if err != nil {
@@ -123,6 +125,7 @@ func TestEnrollInfoStandaloneOwnedTPM(t *testing.T) {
 
 // With the daemon down, check runs the diagnostics itself and says so.
 func TestCheckStandalone(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	cfgPath := standaloneConfig(t, info, "")
 	code, out, errOut := runIn("check", "--json", "--config", cfgPath)
