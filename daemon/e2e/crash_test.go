@@ -31,6 +31,7 @@ func consistent(t *testing.T, d *device) {
 // TestKilledDuringRegistration cuts the power while the daemon waits for
 // DPS at each step of a registration; the next start must converge.
 func TestKilledDuringRegistration(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name           string
 		faults         map[string]any
@@ -72,6 +73,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 // between "assigned" and the end of the switch can leave, and checks that
 // the next start converges without a new registration.
 func TestInterruptedSwitch(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, key, staged string)
@@ -115,6 +117,7 @@ func TestInterruptedSwitch(t *testing.T) {
 // start registers again (reason requested) and ends with one working
 // identity.
 func TestKilledDuringReregistration(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	old := d.stuckReregistration()
 	before := registrations(t, emu, s.RegistrationID)

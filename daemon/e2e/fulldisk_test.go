@@ -26,6 +26,7 @@ import (
 //     session comes back up with it) without registering again, and writes
 //     it once there is room.
 func TestFullStateDir(t *testing.T) {
+	t.Parallel()
 	testenv.RequireRoot(t, "mount a tmpfs")
 	for _, tc := range []struct {
 		name string

@@ -30,6 +30,7 @@ func registrations(t *testing.T, emu *emulator, regID string) int {
 }
 
 func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, stayConnected)
 	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
 	before := registrations(t, emu, s.RegistrationID)
@@ -49,6 +50,7 @@ func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
 }
 
 func TestDirectMethods(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, stayConnected)
 	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
 
@@ -105,6 +107,7 @@ func mqttConnect(t *testing.T, emu *emulator, hub, deviceID, sas string) error {
 }
 
 func TestTokenForApps(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	tok := d.token("--ttl", "10m")
 	if tok.Hub != s.AssignedHub || tok.DeviceID != s.DeviceID || time.Until(tok.ExpiresAt) > 11*time.Minute {
@@ -143,6 +146,7 @@ func TestHubUnreachable(t *testing.T) {
 }
 
 func TestDisabledEnrollment(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "")
 	d.enroll(map[string]any{"provisioningStatus": "disabled"})
@@ -154,6 +158,7 @@ func TestDisabledEnrollment(t *testing.T) {
 }
 
 func TestUnknownEnrollmentFails(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "")
 	d.start() // never enrolled
@@ -164,6 +169,7 @@ func TestUnknownEnrollmentFails(t *testing.T) {
 }
 
 func TestConfigChangeReprovisions(t *testing.T) {
+	t.Parallel()
 	_, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	d.stop()
 	d.writeConfig("[hub]\nverify = false\n[provisioning]\npayload = '{\"site\":\"plant-7\"}'\n")
@@ -179,6 +185,7 @@ func TestConfigChangeReprovisions(t *testing.T) {
 // registrations. A transient DPS failure during that one registration is
 // retried as usual, not mistaken for the hub refusing again.
 func TestHubStillRejectsBacksOff(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		dpsFaults map[string]any
@@ -240,6 +247,7 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 // Apps that keep asking for tokens must get "not provisioned", not make
 // the daemon register with DPS on every request.
 func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n\n[tpm]\ncheck_interval = \"1h\"\n")
 	info := apitype.EnrollInfo{RegistrationID: s.RegistrationID}
 	out, _, code := d.cli("enroll-info", "--json", "--socket", d.socket)

@@ -63,6 +63,7 @@ func (n *notifySocket) index(prefix string) int {
 // provisioned, explain every phase in STATUS=, feed the watchdog, and say
 // STOPPING on SIGTERM.
 func TestSystemdNotifications(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil)
@@ -90,6 +91,7 @@ func TestSystemdNotifications(t *testing.T) {
 // late, a missing udev rule) is waited for; meanwhile the daemon is up and
 // says why it waits.
 func TestWaitingForTPM(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[tpm]\ndevice = \"/dev/tpmrm-not-here\"\n")
 	n := listenNotify(t)
