@@ -166,3 +166,17 @@ func TestCheckStandalone(t *testing.T) {
 		t.Error("check created the EK")
 	}
 }
+
+// Without a Standalone the command line is a client only: with the daemon
+// down, enroll-info and check say so and touch no TPM.
+func TestNoStandaloneWithoutDaemon(t *testing.T) {
+	t.Parallel()
+	cfgPath := standaloneConfig(t, tpmtest.SwtpmInfo{Socket: "/nonexistent/tpm.sock"}, "")
+	for _, verb := range []string{"enroll-info", "check"} {
+		var out, errOut bytes.Buffer
+		code := cli.App{}.Main(context.Background(), []string{verb, "--config", cfgPath}, &out, &errOut)
+		if code != cli.ExitFailure || !strings.Contains(errOut.String(), "dpsd is not running") || out.Len() != 0 {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", verb, code, &out, &errOut)
+		}
+	}
+}
