@@ -53,6 +53,8 @@ func TestShippedBinaryDeps(t *testing.T) {
 		"github.com/google/go-tpm-tools",    // the simulator: cgo, test-only
 		"github.com/mochi-mqtt/server",      // the emulator's broker
 		module + "/tpmdev/tpmtest",          // test helpers
+		module + "/internal/testenv",        // test helpers
+		module + "/internal/harness",        // test and bench processes
 		module + "/tpmdev/authblob/softtpm", // software TPM for tests
 		module + "/daemon/dps/dpsemu",       // the emulator
 		module + "/daemon/hub/hubemu",       // the emulator's hub

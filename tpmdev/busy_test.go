@@ -6,19 +6,30 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
-// hangingTPM never answers until released, like a TPM or driver that hangs.
-type hangingTPM struct{ release chan struct{} }
+// hangingTPM never answers until released, like a TPM or driver that
+// hangs; sent tells that a command reached it.
+type hangingTPM struct{ sent, release chan struct{} }
+
+func newHangingTPM() hangingTPM {
+	return hangingTPM{sent: make(chan struct{}, 1), release: make(chan struct{})}
+}
 
 func (h hangingTPM) Send([]byte) ([]byte, error) {
+	select {
+	case h.sent <- struct{}{}:
+	default:
+	}
 	<-h.release
 	return nil, errors.New("released")
 }
 
 func TestBusyWhileACommandHangs(t *testing.T) {
-	h := hangingTPM{release: make(chan struct{})}
+	t.Parallel()
+	h := newHangingTPM()
 	dev := tpmdev.OpenTransport(h, "hanging", nil)
 	if b := dev.Busy(); b != 0 {
 		t.Fatalf("idle device busy for %v", b)
@@ -28,13 +39,7 @@ func TestBusyWhileACommandHangs(t *testing.T) {
 		_, _ = dev.ReadSRK(context.Background())
 		close(done)
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for dev.Busy() < 20*time.Millisecond {
-		if time.Now().After(deadline) {
-			t.Fatal("Busy never grew while a command hung")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitUntil(t, "Busy to grow while a command hangs", func() bool { return dev.Busy() >= 20*time.Millisecond })
 	close(h.release)
 	<-done
 	if b := dev.Busy(); b != 0 {
@@ -44,16 +49,15 @@ func TestBusyWhileACommandHangs(t *testing.T) {
 
 // A caller waiting for the TPM behind a slow operation can give up.
 func TestWaitForTheTPMHonoursContext(t *testing.T) {
-	h := hangingTPM{release: make(chan struct{})}
+	t.Parallel()
+	h := newHangingTPM()
 	dev := tpmdev.OpenTransport(h, "hanging", nil)
 	done := make(chan struct{})
 	go func() {
 		_, _ = dev.ReadSRK(context.Background()) // holds the TPM
 		close(done)
 	}()
-	for dev.Busy() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	<-h.sent
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := dev.ReadEK(ctx); !errors.Is(err, context.DeadlineExceeded) {

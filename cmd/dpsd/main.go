@@ -10,13 +10,14 @@ import (
 
 	"github.com/dpsd-project/dpsd/daemon"
 	"github.com/dpsd-project/dpsd/daemon/cli"
+	"github.com/dpsd-project/dpsd/daemon/standalone"
 )
 
 func main() {
 	// The first SIGTERM/SIGINT cancels ctx: the daemon stops cleanly, a
 	// client verb gives up its request.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	code := cli.App{Run: daemon.Run}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.App{Run: daemon.Run, Standalone: standalone.Local{}}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

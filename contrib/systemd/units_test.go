@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // units are the unit files this directory ships in the .deb.
@@ -21,20 +23,6 @@ const shippedBinary = "/usr/bin/dpsd"
 // maxExposure is the highest `systemd-analyze security` exposure accepted for
 // a service (0 safest, 10 unprotected).
 const maxExposure = 2.0
-
-// systemdAnalyze finds systemd-analyze. A missing tool fails the test in CI
-// (scripts/install-deps.sh test installs it) and skips it elsewhere.
-func systemdAnalyze(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("systemd-analyze not found (run scripts/install-deps.sh test): %v", err)
-		}
-		t.Skipf("systemd-analyze not found: %v", err)
-	}
-	return path
-}
 
 // stageUnits copies the units into a temporary directory with every
 // /usr/bin/dpsd replaced by an executable placeholder there, and the man page
@@ -86,7 +74,7 @@ func stageUnits(t *testing.T) (paths []string, manPath string) {
 // TestVerify fails on anything systemd-analyze verify prints to stderr: it
 // reports unknown keys and bad values there while still exiting 0.
 func TestVerify(t *testing.T) {
-	analyze := systemdAnalyze(t)
+	analyze := testenv.LookPath(t, "systemd-analyze")
 	paths, manPath := stageUnits(t)
 
 	cmd := exec.Command(analyze, append([]string{"verify"}, paths...)...)
@@ -103,7 +91,7 @@ var overallExposure = regexp.MustCompile(`Overall exposure level for \S+: ([0-9]
 
 // TestSecurity scores each service offline and fails above maxExposure.
 func TestSecurity(t *testing.T) {
-	analyze := systemdAnalyze(t)
+	analyze := testenv.LookPath(t, "systemd-analyze")
 	tests := []struct {
 		unit string
 	}{

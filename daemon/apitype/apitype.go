@@ -124,6 +124,16 @@ type CheckReport struct {
 	Checks []Check `json:"checks"`
 }
 
+// Failed reports whether any check failed (`dpsd check` exits 1).
+func (r CheckReport) Failed() bool {
+	for _, c := range r.Checks {
+		if c.Status == CheckFail {
+			return true
+		}
+	}
+	return false
+}
+
 // Token is the body of POST /v1/token.
 type Token struct {
 	// SAS is the complete "SharedAccessSignature sr=…&sig=…&se=…" string.

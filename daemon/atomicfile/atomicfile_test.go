@@ -7,6 +7,7 @@ import (
 )
 
 func TestWriteFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "f")
 	tests := []struct {
@@ -41,6 +42,7 @@ func TestWriteFile(t *testing.T) {
 }
 
 func TestWriteFileMissingDir(t *testing.T) {
+	t.Parallel()
 	if err := WriteFile(filepath.Join(t.TempDir(), "no", "f"), []byte("x"), 0o600); err == nil {
 		t.Error("writing into a missing directory succeeded")
 	}

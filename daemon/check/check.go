@@ -121,17 +121,6 @@ func Run(ctx context.Context, env Env) apitype.CheckReport {
 	return rep
 }
 
-// Failed reports whether any check of rep failed (the exit code of
-// `dpsd check`).
-func Failed(rep apitype.CheckReport) bool {
-	for _, c := range rep.Checks {
-		if c.Status == apitype.CheckFail {
-			return true
-		}
-	}
-	return false
-}
-
 func pass(name, detail string) apitype.Check {
 	return apitype.Check{Name: name, Status: apitype.CheckPass, Detail: detail}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/check"
 	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/daemon/state"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
@@ -75,10 +76,10 @@ func TestReportOrderAndNames(t *testing.T) {
 	}
 	// One cause, one failure: the TPM checks that could not run only warn.
 	expect(t, rep, check.NameEK, apitype.CheckWarn, "not checked")
-	if !check.Failed(rep) {
+	if !rep.Failed() {
 		t.Error("Failed = false with failing checks")
 	}
-	if check.Failed(apitype.CheckReport{Checks: []apitype.Check{{Status: apitype.CheckWarn}}}) {
+	if (apitype.CheckReport{Checks: []apitype.Check{{Status: apitype.CheckWarn}}}).Failed() {
 		t.Error("Failed = true with warnings only")
 	}
 }
@@ -378,15 +379,12 @@ func lookupGID(t *testing.T, name string) int {
 			return gid
 		}
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("group %s missing (the swtpm packages create it)", name)
-	}
-	t.Skipf("group %s missing", name)
+	testenv.Missing(t, "group "+name+" is missing (the swtpm packages create it)")
 	return 0
 }
 
 func TestStateDir(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "change file owners")
 	tests := []struct {
 		name    string
 		prepare func(dir string) error
@@ -426,17 +424,6 @@ func TestStateDir(t *testing.T) {
 			expect(t, rep, check.NameStateDir, tt.status, tt.detail)
 		})
 	}
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test changes file owners and needs root, which CI has")
-	}
-	t.Skip("needs root to change file owners")
 }
 
 // loopbackTLS serves HTTPS (the DPS endpoint) and a bare TLS listener (the

@@ -11,6 +11,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/check"
 	"github.com/dpsd-project/dpsd/daemon/state"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // TestStateDirCannotTakeIdentity: a state directory with the right owner
@@ -18,7 +19,7 @@ import (
 // with: a full or read-only file system, or a directory where state.json
 // belongs. The check says so.
 func TestStateDirCannotTakeIdentity(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "change file owners")
 	tests := []struct {
 		name    string
 		mount   string // tmpfs options; "" mounts nothing

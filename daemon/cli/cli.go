@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/client"
 	"github.com/dpsd-project/dpsd/daemon/config"
 )
@@ -45,10 +46,23 @@ const DefaultConfigPath = "/etc/dpsd/config.toml"
 // that this package does not import the daemon's wiring.
 type RunFunc func(ctx context.Context, configPath string, log *slog.Logger) error
 
+// Standalone answers enroll-info and check in this process when the
+// daemon is not running (daemon/standalone.Local). cmd/dpsd injects it so
+// that the command line stays a client of the daemon and imports no TPM
+// code. Warnings go to stderr; stdout stays the verb's answer.
+type Standalone interface {
+	EnrollInfo(ctx context.Context, configPath string, stderr io.Writer) (apitype.EnrollInfo, error)
+	// Check runs the checks and reports that nothing answers on socket.
+	Check(ctx context.Context, configPath, socket string, stderr io.Writer) apitype.CheckReport
+}
+
 // App is the command line with the daemon it starts for `run`.
 type App struct {
 	// Run is called by `dpsd run`.
 	Run RunFunc
+	// Standalone is what enroll-info and check fall back to when the
+	// daemon is not running; nil, they report that it is not.
+	Standalone Standalone
 }
 
 // command is one verb.

@@ -18,6 +18,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
@@ -98,6 +99,7 @@ var statusFixtures = map[string]apitype.Status{
 }
 
 func TestStatusGolden(t *testing.T) {
+	t.Parallel()
 	for name, st := range statusFixtures {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -108,6 +110,7 @@ func TestStatusGolden(t *testing.T) {
 }
 
 func TestCheckGolden(t *testing.T) {
+	t.Parallel()
 	rep := apitype.CheckReport{Checks: []apitype.Check{
 		{Name: "config", Status: apitype.CheckPass, Detail: "/etc/dpsd/config.toml valid (1 files)"},
 		{Name: "tpm-device", Status: apitype.CheckFail, Detail: "/dev/tpmrm0 (owner root, group root, mode 0600): user dpsd may not open it",
@@ -150,6 +153,7 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 }
 
 func TestUsage(t *testing.T) {
+	t.Parallel()
 	verbs := []string{"run", "status", "wait", "reprovision", "token", "enroll-info", "check", "check-config", "version"}
 	for _, v := range verbs {
 		code, out, _ := run(t, v, "--help")
@@ -188,6 +192,7 @@ func TestUsage(t *testing.T) {
 // run hands the config path and a logger to the daemon's entry point and
 // maps its error to the exit code.
 func TestRunCallsDaemon(t *testing.T) {
+	t.Parallel()
 	for _, fail := range []bool{false, true} {
 		var gotPath string
 		app := cli.App{Run: func(_ context.Context, path string, log *slog.Logger) error {
@@ -214,6 +219,7 @@ func TestRunCallsDaemon(t *testing.T) {
 }
 
 func TestCheckConfig(t *testing.T) {
+	t.Parallel()
 	code, out, errOut := run(t, "check-config", "--config", "../../testdata/config/minimal.toml")
 	if code != cli.ExitOK || !strings.Contains(out, "config valid") {
 		t.Errorf("minimal config: exit %d, %q, %q", code, out, errOut)
@@ -231,6 +237,7 @@ func TestCheckConfig(t *testing.T) {
 }
 
 func TestDaemonNotRunning(t *testing.T) {
+	t.Parallel()
 	sock := filepath.Join(t.TempDir(), "status.sock")
 	for _, verb := range []string{"status", "token", "reprovision"} {
 		code, _, errOut := run(t, verb, "--socket", sock)
@@ -241,6 +248,7 @@ func TestDaemonNotRunning(t *testing.T) {
 }
 
 func TestWait(t *testing.T) {
+	t.Parallel()
 	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
 	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
 
@@ -251,7 +259,7 @@ func TestWait(t *testing.T) {
 	}
 
 	// Provisioned while waiting: the daemon pushes the change, exit 0.
-	var out, stderr localapitest.LogBuffer
+	var out, stderr testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.App{}.Main(context.Background(), []string{"wait", "--socket", sock}, &out, &stderr)
@@ -266,6 +274,7 @@ func TestWait(t *testing.T) {
 // TestStatusWatch: --watch shows the status at once and again at each
 // change until interrupted; with --json, one JSON line each.
 func TestStatusWatch(t *testing.T) {
+	t.Parallel()
 	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
 	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
 	for _, tt := range []struct {
@@ -277,7 +286,7 @@ func TestStatusWatch(t *testing.T) {
 	} {
 		b.SetStatus(apitype.Status{State: apitype.StateRegistering})
 		ctx, cancel := context.WithCancel(context.Background())
-		var out, errOut localapitest.LogBuffer
+		var out, errOut testenv.Buffer
 		done := make(chan int, 1)
 		go func() {
 			done <- cli.App{}.Main(ctx, append([]string{"status", "--watch", "--socket", sock}, tt.args...), &out, &errOut)
@@ -294,14 +303,10 @@ func TestStatusWatch(t *testing.T) {
 
 // waitForText waits until buf holds text; the deadline only bounds a
 // broken run.
-func waitForText(t *testing.T, buf *localapitest.LogBuffer, text string) {
+func waitForText(t *testing.T, buf *testenv.Buffer, text string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(buf.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in %q", text, buf)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Poll(func() bool { return strings.Contains(buf.String(), text) }) {
+		t.Fatalf("no %q in %q", text, buf)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
-	"github.com/dpsd-project/dpsd/daemon/check"
 	"github.com/dpsd-project/dpsd/daemon/client"
 )
 
@@ -33,8 +32,8 @@ func checkCommand() command {
 				defer cancel()
 				c := e.client()
 				rep, err := c.Check(ctx)
-				if errors.Is(err, client.ErrNotRunning) {
-					rep = e.standaloneCheck(ctx, c.Socket())
+				if errors.Is(err, client.ErrNotRunning) && e.app.Standalone != nil {
+					rep = e.app.Standalone.Check(ctx, e.configPath, c.Socket(), e.stderr)
 				} else if err != nil {
 					return e.fail("check", err)
 				}
@@ -45,7 +44,7 @@ func checkCommand() command {
 				} else {
 					renderChecks(e.stdout, rep)
 				}
-				if check.Failed(rep) {
+				if rep.Failed() {
 					return ExitFailure
 				}
 				return ExitOK
@@ -86,8 +85,8 @@ func enrollInfoCommand() command {
 				ctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
 				info, err := e.client().EnrollInfo(ctx)
-				if errors.Is(err, client.ErrNotRunning) {
-					info, err = e.standaloneEnrollInfo(ctx)
+				if errors.Is(err, client.ErrNotRunning) && e.app.Standalone != nil {
+					info, err = e.app.Standalone.EnrollInfo(ctx, e.configPath, e.stderr)
 				}
 				if err != nil {
 					return e.fail("enroll-info", err)

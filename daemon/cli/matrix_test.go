@@ -18,6 +18,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // cliMainEnv makes the test binary behave as dpsd (see TestMain), so that
@@ -127,11 +128,12 @@ type want struct {
 // socket group, as a member of a token-allowed group and as an unrelated
 // user, against a server on a real socket, and checks each answer.
 func TestAuthorizationMatrix(t *testing.T) {
-	localapitest.RequireRoot(t, "create users and run dpsd as them")
+	t.Parallel()
+	testenv.RequireRoot(t, "create users and run dpsd as them")
 	readGroup, appsGroup, callers := addUsers(t)
 	exe := localapitest.ExecutableForAll(t)
 
-	var logs localapitest.LogBuffer
+	var logs testenv.Buffer
 	b := localapitest.NewBackend(provisioned())
 	tokenAllow := []string{"@" + appsGroup}
 	srv := localapi.New(b, localapi.Options{SocketGroup: readGroup, TokenAllow: tokenAllow, MaxTTL: 24 * time.Hour,

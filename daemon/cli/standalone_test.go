@@ -14,6 +14,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/cli"
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/standalone"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
@@ -46,13 +47,14 @@ dir = %q
 
 func runIn(args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
-	code := cli.App{}.Main(context.Background(), args, &out, &errOut)
+	code := cli.App{Standalone: standalone.Local{}}.Main(context.Background(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
 // With the daemon down, enroll-info reads the TPM itself: the EK public as
 // DPS stores it and the registration ID derived from exactly those bytes.
 func TestEnrollInfoStandalone(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	cfgPath := standaloneConfig(t, info, "")
 
@@ -103,6 +105,7 @@ func TestEnrollInfoStandalone(t *testing.T) {
 // A TPM without an EK whose owner auth someone set: enroll-info creates
 // nothing, guesses no password, and says what to do.
 func TestEnrollInfoStandaloneOwnedTPM(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	dev, err := tpmdev.Open(info.Spec(), tpmtest.Logger(t))
 	if err != nil {
@@ -122,6 +125,7 @@ func TestEnrollInfoStandaloneOwnedTPM(t *testing.T) {
 
 // With the daemon down, check runs the diagnostics itself and says so.
 func TestCheckStandalone(t *testing.T) {
+	t.Parallel()
 	info := tpmtest.StartSwtpm(t, "")
 	cfgPath := standaloneConfig(t, info, "")
 	code, out, errOut := runIn("check", "--json", "--config", cfgPath)
@@ -160,5 +164,19 @@ func TestCheckStandalone(t *testing.T) {
 	defer dev.Close()
 	if _, err := dev.ReadEK(context.Background()); err == nil {
 		t.Error("check created the EK")
+	}
+}
+
+// Without a Standalone the command line is a client only: with the daemon
+// down, enroll-info and check say so and touch no TPM.
+func TestNoStandaloneWithoutDaemon(t *testing.T) {
+	t.Parallel()
+	cfgPath := standaloneConfig(t, tpmtest.SwtpmInfo{Socket: "/nonexistent/tpm.sock"}, "")
+	for _, verb := range []string{"enroll-info", "check"} {
+		var out, errOut bytes.Buffer
+		code := cli.App{}.Main(context.Background(), []string{verb, "--config", cfgPath}, &out, &errOut)
+		if code != cli.ExitFailure || !strings.Contains(errOut.String(), "dpsd is not running") || out.Len() != 0 {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", verb, code, &out, &errOut)
+		}
 	}
 }

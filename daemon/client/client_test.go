@@ -29,6 +29,7 @@ func serve(t *testing.T, h http.HandlerFunc) string {
 }
 
 func TestAnswers(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		code     int
@@ -70,6 +71,7 @@ func TestAnswers(t *testing.T) {
 }
 
 func TestTokenQuery(t *testing.T) {
+	t.Parallel()
 	var (
 		mu  sync.Mutex
 		got []string
@@ -95,6 +97,7 @@ func TestTokenQuery(t *testing.T) {
 }
 
 func TestDaemonDown(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	// No socket file at all.
 	missing := filepath.Join(dir, "missing.sock")

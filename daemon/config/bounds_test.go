@@ -15,6 +15,7 @@ import (
 // TestOversizedFiles: a config file, a drop-in or a CA file filled with
 // junk (100 MB) is refused before it is read, with an error naming it.
 func TestOversizedFiles(t *testing.T) {
+	t.Parallel()
 	// The system's roots load once per process; not part of the count.
 	if _, err := (config.Network{}).RootCAs(); err != nil {
 		t.Fatal(err)

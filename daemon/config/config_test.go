@@ -29,6 +29,7 @@ func withScope(scope string, files ...string) *Config {
 }
 
 func TestLoadGood(t *testing.T) {
+	t.Parallel()
 	minimal := filepath.Join(testdata, "minimal.toml")
 	dropins := filepath.Join(testdata, "dropins")
 	merged := withScope("0ne00000A0A",
@@ -65,6 +66,7 @@ func TestLoadGood(t *testing.T) {
 // The reference config documents the defaults: with an ID scope added it
 // must load to exactly Default(), and it must spell out every key.
 func TestReferenceConfig(t *testing.T) {
+	t.Parallel()
 	_, err := Load(reference)
 	want := reference + ": provisioning.id_scope: required: set it in a drop-in, e.g. " +
 		filepath.Join(filepath.Dir(reference), "config.d", "50-id-scope.toml") +
@@ -111,6 +113,7 @@ func TestReferenceConfig(t *testing.T) {
 // Every file in testdata/config/bad must fail with exactly this error (FILE
 // stands for the file's path).
 func TestLoadBad(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"api-version.toml":         `FILE:3: provisioning.api_version: "latest" is not an api-version (YYYY-MM-DD, optionally -preview)`,
 		"bus-protection.toml":      `FILE:5: tpm.bus_protection: "none" is not one of encrypt, off`,
@@ -175,6 +178,7 @@ func TestLoadBad(t *testing.T) {
 
 // Values that only look odd, and the normalisation Load applies.
 func TestLoadValues(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		toml  string
@@ -222,6 +226,7 @@ func TestLoadValues(t *testing.T) {
 }
 
 func TestLoadFiles(t *testing.T) {
+	t.Parallel()
 	t.Run("nothing there", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "config.toml")
 		_, err := Load(path)
@@ -275,6 +280,7 @@ func TestLoadFiles(t *testing.T) {
 }
 
 func TestProvisioningFingerprint(t *testing.T) {
+	t.Parallel()
 	load := func(extra string) string {
 		t.Helper()
 		path := filepath.Join(t.TempDir(), "config.toml")
@@ -361,6 +367,7 @@ func BenchmarkLoad(b *testing.B) {
 // directory that every user may write is refused with the file and the
 // fix: whoever writes the config decides what dpsd does.
 func TestLoadRefusesWorldWritable(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		chmod  string // relative to the config's directory

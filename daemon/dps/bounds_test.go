@@ -22,6 +22,7 @@ const junkHeaderBytes = 4 << 20
 // operation behind megabytes of headers is refused, and the client does
 // not hold the headers in memory, over HTTP/1.1 and HTTP/2.
 func TestResponseHeaderBound(t *testing.T) {
+	t.Parallel()
 	line := "X-Junk: " + strings.Repeat("j", 1000) + "\r\n"
 	for _, tc := range []struct {
 		name    string

@@ -193,6 +193,7 @@ var (
 // TestRegistration replays a whole registration: challenge, authenticated
 // PUT, a poll while assigning, the assignment.
 func TestRegistration(t *testing.T) {
+	t.Parallel()
 	r := newReplay(t,
 		exchange{http.MethodPut, registerPath, false, loadRecorded(t, "challenge-401")},
 		exchange{http.MethodPut, registerPath, true, loadRecorded(t, "register-202")},
@@ -253,6 +254,7 @@ func compact(t *testing.T, raw json.RawMessage) string {
 }
 
 func TestFinalStatuses(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		reply     string
 		status    string
@@ -281,6 +283,7 @@ func TestFinalStatuses(t *testing.T) {
 // TestErrors: every recorded error becomes a *Error that says whether to
 // retry soon, never, or later.
 func TestErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		reply      string
 		code       int
@@ -313,6 +316,7 @@ func TestErrors(t *testing.T) {
 
 // TestChallengeAnswers: only a 401 of the §5.2 shape is a challenge.
 func TestChallengeAnswers(t *testing.T) {
+	t.Parallel()
 	blob := loadRecorded(t, "challenge-401")
 	body := func(s string) recorded { return recorded{Status: http.StatusUnauthorized, BodyText: s} }
 	tests := []struct {
@@ -351,6 +355,7 @@ func TestChallengeAnswers(t *testing.T) {
 // Microsoft's Node SDK takes it. A keyName of the wrong type or size is
 // still refused.
 func TestChallengeKeyName(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, body string
 		want       string // "" when refused
@@ -378,6 +383,7 @@ func TestChallengeKeyName(t *testing.T) {
 }
 
 func TestChallengeStatusNull(t *testing.T) {
+	t.Parallel()
 	ch, ok, err := parseChallenge([]byte(`{"status":null,"authenticationKey":"ADQA","keyName":"registration","unencryptedAuthenticationKey":null}`))
 	if err != nil || !ok || ch.KeyName != "registration" {
 		t.Errorf("%+v %t %v", ch, ok, err)
@@ -385,6 +391,7 @@ func TestChallengeStatusNull(t *testing.T) {
 }
 
 func TestParseOperationRejects(t *testing.T) {
+	t.Parallel()
 	assigned := string(loadRecorded(t, "poll-200-assigned").Body)
 	tests := []struct {
 		name, body string
@@ -421,6 +428,7 @@ func TestParseOperationRejects(t *testing.T) {
 }
 
 func TestBodyBound(t *testing.T) {
+	t.Parallel()
 	big := recorded{Status: 202, BodyText: `{"operationId":"1","status":"assigning","x":"` + strings.Repeat("a", maxBody) + `"}`}
 	r := newReplay(t, exchange{http.MethodGet, pollPath, true, big})
 	if _, err := r.client(t, nil).Poll(t.Context(), testRegID, testOpID, testSAS); !errors.Is(err, ErrProtocol) {
@@ -431,6 +439,7 @@ func TestBodyBound(t *testing.T) {
 // TestPathEscaping: every path segment is percent-encoded and a base path
 // in the endpoint is kept.
 func TestPathEscaping(t *testing.T) {
+	t.Parallel()
 	const opID = "a/b?c#d e"
 	r := newReplay(t, exchange{http.MethodGet, "/dps/" + testScope + "/registrations/" + testRegID + "/operations/a%2Fb%3Fc%23d%20e", true, loadRecorded(t, "poll-202-assigning")})
 	c := r.client(t, func(cfg *ClientConfig) { cfg.Endpoint = r.srv.URL + "/dps/" })
@@ -441,6 +450,7 @@ func TestPathEscaping(t *testing.T) {
 }
 
 func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
 	r := newReplay(t, exchange{http.MethodGet, pollPath, true, recorded{Status: 307, Header: map[string]string{"Location": "https://elsewhere.example/"}}})
 	_, err := r.client(t, nil).Poll(t.Context(), testRegID, testOpID, testSAS)
 	var de *Error
@@ -450,6 +460,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 }
 
 func TestUntrustedServer(t *testing.T) {
+	t.Parallel()
 	r := newReplay(t)
 	c := r.client(t, func(cfg *ClientConfig) { cfg.RootCAs = x509.NewCertPool() })
 	_, err := c.Poll(t.Context(), testRegID, testOpID, testSAS)
@@ -463,37 +474,51 @@ func TestUntrustedServer(t *testing.T) {
 // TestTimeoutAndCancel: a server that never answers is a temporary network
 // error once Timeout passes; a cancelled caller gets its own cause back.
 func TestTimeoutAndCancel(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-release }))
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { close(release) })
-	pool := x509.NewCertPool()
-	pool.AddCert(srv.Certificate())
-	c, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool, Timeout: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Poll(t.Context(), testRegID, testOpID, testSAS)
+	t.Parallel()
+	c, _ := hangingClient(t, 50*time.Millisecond)
+	_, err := c.Poll(t.Context(), testRegID, testOpID, testSAS)
 	var de *Error
 	if !errors.As(err, &de) || !de.Temporary() || de.HTTPStatus != 0 {
 		t.Errorf("timeout: %v, want a temporary *Error", err)
 	}
 
-	c, err = NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Cancelled while the request is with the server.
+	c, arrived := hangingClient(t, 0)
 	ctx, cancel := context.WithCancel(t.Context())
-	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+	go func() { <-arrived; cancel() }()
 	_, err = c.Poll(ctx, testRegID, testOpID, testSAS)
 	if !errors.Is(err, context.Canceled) || errors.As(err, &de) {
 		t.Errorf("cancel: %v, want context.Canceled and no *Error", err)
 	}
 }
 
+// hangingClient is a client (with timeout; 0: the default) of a DPS that
+// never answers; arrived receives once per request the server gets.
+func hangingClient(t *testing.T, timeout time.Duration) (c *Client, arrived <-chan struct{}) {
+	t.Helper()
+	release, got := make(chan struct{}), make(chan struct{}, 8)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c, err := NewClient(ClientConfig{Endpoint: srv.URL, IDScope: testScope, RootCAs: pool, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, got
+}
+
 // TestProxy: with Proxy set, the exchange goes through an HTTP CONNECT
 // proxy (TLS end to end with DPS).
 func TestProxy(t *testing.T) {
+	t.Parallel()
 	r := newReplay(t, exchange{http.MethodGet, pollPath, true, loadRecorded(t, "poll-202-assigning")})
 	var tunnels atomic.Int32
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -530,6 +555,7 @@ func TestProxy(t *testing.T) {
 }
 
 func TestNewClientRejects(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		cfg  ClientConfig
@@ -556,6 +582,7 @@ func TestNewClientRejects(t *testing.T) {
 }
 
 func TestRequestArguments(t *testing.T) {
+	t.Parallel()
 	r := newReplay(t) // nothing may reach the server
 	c := r.client(t, nil)
 	ctx := t.Context()
@@ -580,6 +607,7 @@ func TestRequestArguments(t *testing.T) {
 }
 
 func TestRetryAfter(t *testing.T) {
+	t.Parallel()
 	date := time.Date(2023, 2, 23, 23, 42, 27, 0, time.UTC)
 	now := date.Add(time.Hour) // a device clock that is wrong
 	tests := []struct {
@@ -631,6 +659,7 @@ func BenchmarkParseChallenge(b *testing.B) {
 }
 
 func TestServerTime(t *testing.T) {
+	t.Parallel()
 	date := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
 	for _, tc := range []struct {
 		name   string
@@ -671,6 +700,7 @@ func TestServerTime(t *testing.T) {
 // registration bodies, leaves the original client's bodies alone, and an
 // issued chain comes back decoded, leaf first.
 func TestCSRAndChain(t *testing.T) {
+	t.Parallel()
 	csr := []byte{0x30, 0x82, 0x01, 0x02}
 	for _, tc := range []struct {
 		name    string

@@ -11,6 +11,7 @@ import (
 // protocol document's example regID cannot be reproduced: the simulated EK
 // it came from is not recorded.
 func TestRegistrationID(t *testing.T) {
+	t.Parallel()
 	ek := append(append([]byte{}, testEK...), make([]byte, 256)...)
 	for i := range 256 {
 		ek[len(testEK)+i] = byte(i)
@@ -40,6 +41,7 @@ func TestRegistrationID(t *testing.T) {
 }
 
 func TestValidRegistrationID(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		id string
 		ok bool

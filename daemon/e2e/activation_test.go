@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // startActivated runs the daemon the way dpsd.socket does: the socket
@@ -23,19 +24,13 @@ import (
 // starting.
 func (d *device) startActivated() {
 	d.t.Helper()
-	activate, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			d.t.Fatal("CI=true and systemd-socket-activate is missing (package systemd)")
-		}
-		d.t.Skip("systemd-socket-activate is missing (package systemd)")
-	}
+	activate := testenv.LookPath(d.t, "systemd-socket-activate")
 	// The activator binds the path itself and refuses one that exists.
 	if err := os.Remove(d.socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		d.t.Fatal(err)
 	}
 	d.startCmd(exec.Command(activate, "--listen", d.socket, dpsdBin, "run", "--config", d.cfgPath))
-	waitUntil(d.t, "the activation socket", func() bool {
+	testenv.WaitUntil(d.t, "the activation socket", func() bool {
 		fi, err := os.Stat(d.socket)
 		return err == nil && fi.Mode().Type() == fs.ModeSocket
 	})

@@ -11,6 +11,7 @@ import (
 // like any corrupt record (reported, the device registers again and keeps
 // its device ID), without the daemon reading it.
 func TestOversizedStateFile(t *testing.T) {
+	t.Parallel()
 	_, d, s := provisioned(t, "[hub]\nverify = false\n")
 	d.stop()
 	path := filepath.Join(d.state, "state.json")

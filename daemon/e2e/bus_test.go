@@ -18,6 +18,7 @@ import (
 // credentials and signatures must (so the search can fail; the hub key
 // crosses only wrapped with the credential).
 func TestBusCarriesNoSecret(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		protect string
 		exposed bool
@@ -114,6 +115,7 @@ func (d *device) checkBusReport(protect string) {
 // substituted key, Name and all, once the record knows the real EK (after
 // a clear, when dpsd must take ownership again).
 func TestTamperedSaltKeyIsRefused(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		provision bool // provision and clear first, untampered

@@ -16,6 +16,7 @@ import (
 // The daemon must take the time from DPS's Date header rather than sign
 // tokens that are already expired or not yet valid.
 func TestClockBeforeBuildTime(t *testing.T) {
+	t.Parallel()
 	future := filepath.Join(t.TempDir(), "dpsd")
 	build := exec.Command("go", "build", "-tags", dpsdTags, "-o", future,
 		"-ldflags", fmt.Sprintf("-X github.com/dpsd-project/dpsd/daemon/version.BuildUnix=%d", time.Now().AddDate(1, 0, 0).Unix()),

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // consistent checks that the record names exactly the identity on disk and
@@ -30,6 +31,7 @@ func consistent(t *testing.T, d *device) {
 // TestKilledDuringRegistration cuts the power while the daemon waits for
 // DPS at each step of a registration; the next start must converge.
 func TestKilledDuringRegistration(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name           string
 		faults         map[string]any
@@ -51,7 +53,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 			if tc.afterChallenge {
 				// The authenticated PUT has arrived (so the challenge was
 				// imported) and is held up by the latency.
-				waitUntil(t, "the authenticated registration", func() bool { return emu.stats()["register"] >= 1 })
+				testenv.WaitUntil(t, "the authenticated registration", func() bool { return emu.stats()["register"] >= 1 })
 			}
 			d.kill()
 
@@ -71,6 +73,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 // between "assigned" and the end of the switch can leave, and checks that
 // the next start converges without a new registration.
 func TestInterruptedSwitch(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, key, staged string)
@@ -114,6 +117,7 @@ func TestInterruptedSwitch(t *testing.T) {
 // start registers again (reason requested) and ends with one working
 // identity.
 func TestKilledDuringReregistration(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	old := d.stuckReregistration()
 	before := registrations(t, emu, s.RegistrationID)

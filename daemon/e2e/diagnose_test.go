@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
@@ -77,6 +78,7 @@ func checkNamed(t *testing.T, rep apitype.CheckReport, name string) apitype.Chec
 // provisioned daemon. The status says the TPM does not answer, naming its
 // socket, and `dpsd check` blames the TPM, not a missing credential.
 func TestTPMGoneWhileRunning(t *testing.T) {
+	t.Parallel()
 	_, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	d.tpm.Stop()
 	s := d.waitFor("the TPM reported unreachable", func(s apitype.Status) bool { return s.State == apitype.StateWaitingForTPM })
@@ -99,6 +101,7 @@ func TestTPMGoneWhileRunning(t *testing.T) {
 // the key was invalidated and that dpsd registers again, not that the
 // device is "not provisioned yet".
 func TestTokenAfterTPMCleared(t *testing.T) {
+	t.Parallel()
 	emu, d, _ := provisioned(t, "[hub]\nverify = false\n\n[tpm]\ncheck_interval = \"1h\"\n")
 	emu.faults(map[string]any{"assignAfterPolls": 1000})
 	tpmtest.ClearSwtpm(t, d.tpm)
@@ -123,6 +126,7 @@ func TestTokenAfterTPMCleared(t *testing.T) {
 // then gives up the owner auth), dpsd notices by itself within
 // check_interval, not after the 30 minutes of a permanent failure.
 func TestForeignSRKFixedIsNoticed(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil)
@@ -155,6 +159,7 @@ func TestForeignSRKFixedIsNoticed(t *testing.T) {
 // failure to persist the identity at identity_handle names the missing
 // file (not a missing SRK, which is there).
 func TestOwnerAuthDeleted(t *testing.T) {
+	t.Parallel()
 	_, d, _ := provisioned(t, "[hub]\nverify = false\n\n[tpm]\nidentity_handle = \"0x81000100\"\n")
 	if d.record()["ownerAuthSealed"] != true {
 		t.Errorf("state.json does not record that dpsd holds the owner auth: %v", d.record())
@@ -172,7 +177,7 @@ func TestOwnerAuthDeleted(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	waitUntil(t, "the identity_handle failure", func() bool {
+	testenv.WaitUntil(t, "the identity_handle failure", func() bool {
 		return strings.Contains(d.log.String(), "persisting the identity key for other apps failed")
 	})
 	var line string
@@ -201,6 +206,7 @@ func TestOwnerAuthDeleted(t *testing.T) {
 // so and how to make room (not "dpsd creates it"); doing what they say
 // provisions the device.
 func TestNVFullAtFirstBoot(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil) // persists the EK

@@ -34,6 +34,7 @@ type hubDevice struct {
 }
 
 func TestFirstBootThenWarmRestart(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "")
 	if s.Reason != apitype.ReasonFirstBoot || s.DeviceID == "" || s.AssignedHub == "" {
 		t.Fatalf("first boot status: %+v", s)
@@ -71,6 +72,7 @@ func TestFirstBootThenWarmRestart(t *testing.T) {
 }
 
 func TestClearedWhileStopped(t *testing.T) {
+	t.Parallel()
 	_, d, s := provisioned(t, "[hub]\nverify = false\n")
 	oldSRK := d.record()["srkName"]
 	d.stop()
@@ -89,6 +91,7 @@ func TestClearedWhileStopped(t *testing.T) {
 }
 
 func TestClearedWhileRunning(t *testing.T) {
+	t.Parallel()
 	_, d, s := provisioned(t, "[hub]\nverify = false\n")
 	tpmtest.ClearSwtpm(t, d.tpm)
 	again := d.waitFor("re-provisioned without a restart", func(s apitype.Status) bool {
@@ -122,6 +125,7 @@ func TestDPSDownAtFirstBoot(t *testing.T) {
 }
 
 func TestThrottlingAndServerErrorsAreRetried(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil)
@@ -143,6 +147,7 @@ func TestThrottlingAndServerErrorsAreRetried(t *testing.T) {
 // then fails (its polls answer 503): the device must keep the identity it
 // had, and the hub must still accept it.
 func TestFailedReregistrationKeepsIdentity(t *testing.T) {
+	t.Parallel()
 	emu, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	old := d.stuckReregistration()
 	emu.faults(map[string]any{"serverErrors": 1000})
@@ -161,6 +166,7 @@ func TestFailedReregistrationKeepsIdentity(t *testing.T) {
 // not enroll anew by itself: failed, with a message saying what happened,
 // no DPS request, no file touched.
 func TestReplacedTPM(t *testing.T) {
+	t.Parallel()
 	emu, d, first := provisioned(t, "[hub]\nverify = false\n")
 	d.stop()
 	d.tpm = tpmtest.StartSwtpm(t, filepath.Join(d.dir, "new-tpm"))
@@ -197,6 +203,7 @@ func TestReplacedTPM(t *testing.T) {
 // dpsd in a file; dpsd uses it and never changes it. A wrong one is
 // reported and not tried again soon (no busy retry).
 func TestSharedOwnership(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, given string
 		ok          bool
@@ -247,6 +254,7 @@ func changeOwnerAuth(t *testing.T, d *device, from, to string) {
 }
 
 func TestBadInputIsReportedNotFatal(t *testing.T) {
+	t.Parallel()
 	t.Run("corrupt state.json", func(t *testing.T) {
 		emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 		d.stop()

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // TestFullStateDir: DPS replaces the hub key when it assigns the device, so
@@ -25,7 +26,8 @@ import (
 //     session comes back up with it) without registering again, and writes
 //     it once there is room.
 func TestFullStateDir(t *testing.T) {
-	requireRoot(t)
+	t.Parallel()
+	testenv.RequireRoot(t, "mount a tmpfs")
 	for _, tc := range []struct {
 		name string
 		// fillWhileAssigning fills the disk after DPS accepted the
@@ -86,7 +88,7 @@ func TestFullStateDir(t *testing.T) {
 			if !tc.fillWhileAssigning {
 				reprovision(t, d) // the technician tries again
 			}
-			waitUntil(t, "the new key on disk", func() bool {
+			testenv.WaitUntil(t, "the new key on disk", func() bool {
 				key, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
 				if err != nil || string(key) == string(old) {
 					return false
@@ -103,17 +105,6 @@ func TestFullStateDir(t *testing.T) {
 			}
 		})
 	}
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test mounts a tmpfs and needs root, which CI has")
-	}
-	t.Skip("needs root to mount a tmpfs")
 }
 
 // mountSmallTmpfs puts dir on a 256 KiB tmpfs.

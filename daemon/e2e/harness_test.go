@@ -4,9 +4,9 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,12 +15,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/harness"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
@@ -56,30 +57,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// logBuffer collects a process's output for the test's log and searches.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // emulator is a dpsemu process.
 type emulator struct {
 	t               *testing.T
 	dir             string
-	cmd             *exec.Cmd
-	log             *logBuffer
+	proc            *harness.Dpsemu
+	log             *testenv.Buffer
 	dps, hub, admin string
 	dpsListen       string
 	hubs            []string
@@ -92,38 +75,28 @@ func startEmulator(t *testing.T, dir, dpsListen string) *emulator {
 	if dpsListen == "" {
 		dpsListen = "127.0.0.1:0"
 	}
-	e := &emulator{t: t, dir: dir, log: &logBuffer{}, dpsListen: dpsListen,
+	e := &emulator{t: t, dir: dir, dpsListen: dpsListen,
 		hubs: []string{"hub-one.azure-devices.example", "hub-two.azure-devices.example"}}
-	e.cmd = exec.Command(dpsemuBin, "--dir", dir, "--id-scope", idScope, "--hub", strings.Join(e.hubs, ","),
+	p, err := harness.StartDpsemu(dpsemuBin, "--dir", dir, "--id-scope", idScope, "--hub", strings.Join(e.hubs, ","),
 		"--dps-listen", dpsListen, "--hub-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
-	e.cmd.Stderr = e.log
-	stdout, err := e.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.cmd.Start(); err != nil {
-		t.Fatalf("starting dpsemu: %v", err)
-	}
+	e.proc, e.log = p, p.Log
+	e.dps, e.hub, e.admin = p.DPS, p.Hub, p.Admin
 	t.Cleanup(e.stop)
-	line, err := bufio.NewReader(stdout).ReadBytes('\n')
-	if err != nil {
-		t.Fatalf("dpsemu printed no address line: %v\n%s", err, e.log)
-	}
-	var addrs struct{ DPS, Hub, Admin string }
-	if err := json.Unmarshal(line, &addrs); err != nil {
-		t.Fatalf("dpsemu address line %q: %v", line, err)
-	}
-	e.dps, e.hub, e.admin = addrs.DPS, addrs.Hub, addrs.Admin
-	go io.Copy(e.log, stdout)
 	return e
 }
 
 func (e *emulator) stop() {
-	if e.cmd.ProcessState != nil || e.cmd.Process == nil {
-		return
+	select {
+	case <-e.proc.Exited():
+		return // stopped before
+	default:
 	}
-	_ = e.cmd.Process.Signal(syscall.SIGTERM)
-	_ = e.cmd.Wait()
+	if err := e.proc.Stop(20 * time.Second); errors.Is(err, harness.ErrKilled) {
+		e.t.Errorf("dpsemu: %v", err)
+	}
 	if e.t.Failed() {
 		e.t.Logf("dpsemu log:\n%s", e.log)
 	}
@@ -187,9 +160,8 @@ type device struct {
 	state   string
 	tpm     tpmtest.SwtpmInfo
 	emu     *emulator
-	cmd     *exec.Cmd
-	log     *logBuffer
-	waitErr chan error
+	proc    *harness.Process // the running daemon, nil when stopped
+	log     *testenv.Buffer
 	// bin, when set, is the dpsd binary `run` starts instead of dpsdBin.
 	bin string
 	// env is added to the daemon's environment.
@@ -202,7 +174,7 @@ type device struct {
 func newDevice(t *testing.T, emu *emulator, extra string) *device {
 	t.Helper()
 	dir := t.TempDir()
-	d := &device{t: t, dir: dir, emu: emu, log: &logBuffer{},
+	d := &device{t: t, dir: dir, emu: emu, log: &testenv.Buffer{},
 		cfgPath: filepath.Join(dir, "config.toml"),
 		socket:  filepath.Join(dir, "status.sock"),
 		state:   filepath.Join(dir, "state")}
@@ -312,22 +284,20 @@ func (d *device) start(args ...string) {
 // startCmd runs cmd as the device's daemon process.
 func (d *device) startCmd(cmd *exec.Cmd) {
 	d.t.Helper()
-	d.cmd = cmd
-	d.cmd.Env = append(os.Environ(), d.env...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatalf("starting dpsd: %v", err)
+	cmd.Env = append(os.Environ(), d.env...)
+	cmd.Stdout, cmd.Stderr = d.log, d.log
+	p, err := harness.Start(cmd)
+	if err != nil {
+		d.t.Fatal(err)
 	}
-	d.waitErr = make(chan error, 1)
-	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(d.cmd, d.waitErr)
+	d.proc = p
 	d.t.Cleanup(d.kill)
 }
 
 // running reports whether the daemon process is still alive.
 func (d *device) running() bool {
 	select {
-	case err := <-d.waitErr:
-		d.waitErr <- err
+	case <-d.proc.Exited():
 		return false
 	default:
 		return true
@@ -337,31 +307,22 @@ func (d *device) running() bool {
 // stop sends SIGTERM and waits for a clean exit.
 func (d *device) stop() {
 	d.t.Helper()
-	if d.cmd == nil {
+	if d.proc == nil {
 		return
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-d.waitErr:
-		if err != nil {
-			d.t.Errorf("dpsd did not stop cleanly: %v\n%s", err, d.log)
-		}
-	case <-time.After(20 * time.Second):
-		d.t.Errorf("dpsd ignored SIGTERM\n%s", d.log)
-		_ = d.cmd.Process.Kill()
-		<-d.waitErr
+	if err := d.proc.Stop(20 * time.Second); err != nil {
+		d.t.Errorf("dpsd did not stop cleanly: %v\n%s", err, d.log)
 	}
-	d.cmd = nil
+	d.proc = nil
 }
 
 // kill is a power cut: SIGKILL, no cleanup.
 func (d *device) kill() {
-	if d.cmd == nil {
+	if d.proc == nil {
 		return
 	}
-	_ = d.cmd.Process.Kill()
-	<-d.waitErr
-	d.cmd = nil
+	d.proc.Kill()
+	d.proc = nil
 	if d.t.Failed() {
 		d.t.Logf("dpsd log:\n%s", d.log)
 	}
@@ -384,21 +345,20 @@ func (d *device) status() (apitype.Status, bool) {
 // broken run, it is not a performance assertion.
 func (d *device) waitFor(what string, cond func(apitype.Status) bool) apitype.Status {
 	d.t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
 	var last apitype.Status
-	for time.Now().Before(deadline) {
-		if d.cmd != nil && !d.running() {
+	held := testenv.Poll(func() bool {
+		if d.proc != nil && !d.running() {
 			d.t.Fatalf("dpsd exited while waiting for %s\n%s", what, d.log)
 		}
-		if s, ok := d.status(); ok {
+		s, ok := d.status()
+		if ok {
 			last = s
-			if cond(s) {
-				return s
-			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		return ok && cond(s)
+	})
+	if !held {
+		d.t.Fatalf("timed out waiting for %s; last status %+v\n%s", what, last, d.log)
 	}
-	d.t.Fatalf("timed out waiting for %s; last status %+v\n%s", what, last, d.log)
 	return last
 }
 
@@ -438,18 +398,6 @@ func fileSnapshot(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return snap
-}
-
-// waitUntil polls cond; the deadline only bounds a broken run.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // token asks the daemon for a hub token (`dpsd token --json`).

@@ -30,6 +30,7 @@ func registrations(t *testing.T, emu *emulator, regID string) int {
 }
 
 func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, stayConnected)
 	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
 	before := registrations(t, emu, s.RegistrationID)
@@ -49,6 +50,7 @@ func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
 }
 
 func TestDirectMethods(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, stayConnected)
 	d.waitFor("hub session", func(s apitype.Status) bool { return s.Hub.Connected })
 
@@ -105,6 +107,7 @@ func mqttConnect(t *testing.T, emu *emulator, hub, deviceID, sas string) error {
 }
 
 func TestTokenForApps(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	tok := d.token("--ttl", "10m")
 	if tok.Hub != s.AssignedHub || tok.DeviceID != s.DeviceID || time.Until(tok.ExpiresAt) > 11*time.Minute {
@@ -143,6 +146,7 @@ func TestHubUnreachable(t *testing.T) {
 }
 
 func TestDisabledEnrollment(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "")
 	d.enroll(map[string]any{"provisioningStatus": "disabled"})
@@ -154,6 +158,7 @@ func TestDisabledEnrollment(t *testing.T) {
 }
 
 func TestUnknownEnrollmentFails(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "")
 	d.start() // never enrolled
@@ -164,6 +169,7 @@ func TestUnknownEnrollmentFails(t *testing.T) {
 }
 
 func TestConfigChangeReprovisions(t *testing.T) {
+	t.Parallel()
 	_, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	d.stop()
 	d.writeConfig("[hub]\nverify = false\n[provisioning]\npayload = '{\"site\":\"plant-7\"}'\n")
@@ -179,6 +185,7 @@ func TestConfigChangeReprovisions(t *testing.T) {
 // registrations. A transient DPS failure during that one registration is
 // retried as usual, not mistaken for the hub refusing again.
 func TestHubStillRejectsBacksOff(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		dpsFaults map[string]any
@@ -240,6 +247,7 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 // Apps that keep asking for tokens must get "not provisioned", not make
 // the daemon register with DPS on every request.
 func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n\n[tpm]\ncheck_interval = \"1h\"\n")
 	info := apitype.EnrollInfo{RegistrationID: s.RegistrationID}
 	out, _, code := d.cli("enroll-info", "--json", "--socket", d.socket)
@@ -258,15 +266,37 @@ func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	disabled := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	// A technician's registration, run to its end, is what one attempt
+	// costs; a second one after the token requests is the barrier: a
+	// registration the tokens wrongly woke starts at once and has run (or
+	// is counted) by the time the requested one has.
+	requested := func() (apitype.Status, int) {
+		t.Helper()
+		now, ok := d.status()
+		if !ok {
+			t.Fatal("dpsd status failed")
+		}
+		if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
+			t.Fatalf("dpsd reprovision: %d %s", code, errOut)
+		}
+		s := d.waitFor("the requested registration", func(s apitype.Status) bool {
+			return s.State == apitype.StateDisabled && s.Attempts > now.Attempts
+		})
+		return s, emu.stats()["total"]
+	}
 	before := emu.stats()["total"]
+	s1, after1 := requested()
 	for range 10 {
 		if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
 			t.Fatal("a token was issued with the key of a cleared TPM")
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // room for a wrongly woken registration
-	if n := emu.stats()["total"] - before; n != 0 {
-		t.Errorf("%d DPS requests caused by token requests during a backoff, want 0", n)
+	s2, after2 := requested()
+	if s1.Attempts != disabled.Attempts+1 || s2.Attempts != s1.Attempts+1 {
+		t.Errorf("attempts %d, %d, %d: registrations beyond the two requested", disabled.Attempts, s1.Attempts, s2.Attempts)
+	}
+	if n, one := after2-after1, after1-before; n != one {
+		t.Errorf("%d DPS requests during the token requests and one requested registration, want %d (one registration)", n, one)
 	}
 }

@@ -28,6 +28,7 @@ import (
 // device made for the hub. None may appear; the files and the socket must
 // have the modes that keep other users out.
 func TestSecretHygiene(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	// Every DPS request goes through a recorder, to be searched as well.
 	proxy := startRecordingProxy(t, emu)

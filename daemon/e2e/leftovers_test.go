@@ -15,6 +15,7 @@ import (
 // ever provisioning again: dpsd check names them, and dpsd flushes them
 // when it starts.
 func TestObjectsLeftInTheTPM(t *testing.T) {
+	t.Parallel()
 	_, d, s := provisioned(t, "[hub]\nverify = false\n")
 	d.stop()
 	tpmtest.LeaveObjects(t, d.tpm, 3)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // notifySocket stands in for systemd's NOTIFY_SOCKET and keeps every
@@ -62,6 +63,7 @@ func (n *notifySocket) index(prefix string) int {
 // provisioned, explain every phase in STATUS=, feed the watchdog, and say
 // STOPPING on SIGTERM.
 func TestSystemdNotifications(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil)
@@ -70,9 +72,9 @@ func TestSystemdNotifications(t *testing.T) {
 	n := listenNotify(t)
 	d.env = []string{"NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=200000"}
 	d.start()
-	waitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
-	waitUntil(t, "a failed attempt in STATUS", func() bool { return n.index("STATUS=failed") >= 0 })
-	waitUntil(t, "WATCHDOG=1", func() bool { return n.index("WATCHDOG=1") >= 0 })
+	testenv.WaitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
+	testenv.WaitUntil(t, "a failed attempt in STATUS", func() bool { return n.index("STATUS=failed") >= 0 })
+	testenv.WaitUntil(t, "WATCHDOG=1", func() bool { return n.index("WATCHDOG=1") >= 0 })
 	if s, ok := d.status(); !ok || s.State == "provisioned" {
 		t.Errorf("status while DPS is down: %+v (answered %v)", s, ok)
 	}
@@ -89,6 +91,7 @@ func TestSystemdNotifications(t *testing.T) {
 // late, a missing udev rule) is waited for; meanwhile the daemon is up and
 // says why it waits.
 func TestWaitingForTPM(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[tpm]\ndevice = \"/dev/tpmrm-not-here\"\n")
 	n := listenNotify(t)
@@ -98,7 +101,7 @@ func TestWaitingForTPM(t *testing.T) {
 	if s.LastError == nil || !strings.Contains(*s.LastError, "/dev/tpmrm-not-here") {
 		t.Errorf("lastError %v does not name the device", s.LastError)
 	}
-	waitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
+	testenv.WaitUntil(t, "READY=1", func() bool { return n.index("READY=1") >= 0 })
 	if !d.running() {
 		t.Fatal("dpsd exited without a TPM")
 	}

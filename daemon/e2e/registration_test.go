@@ -13,6 +13,7 @@ import (
 // off the hub (one connection per device ID). A technician's `dpsd check`
 // asks the hub again.
 func TestWarmRestartsDoNotConnect(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
 	if s.Hub.Result != "ok" {
@@ -52,6 +53,7 @@ func TestWarmRestartsDoNotConnect(t *testing.T) {
 // leaves keyName out) is signed with "registration", as production DPS
 // names it, and the device provisions.
 func TestChallengeWithoutKeyName(t *testing.T) {
+	t.Parallel()
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "[hub]\nverify = false\n")
 	d.enroll(nil)
@@ -66,6 +68,7 @@ func TestChallengeWithoutKeyName(t *testing.T) {
 // signed with it any more, and the status must not claim the hub accepts
 // the device. Asked again, the device registers again.
 func TestReplacedKeyUnusable(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, fault, lastError string
 	}{
@@ -104,6 +107,7 @@ func TestReplacedKeyUnusable(t *testing.T) {
 // failing (503) is kept across a restart and tried again; meanwhile the
 // identity DPS never replaced keeps signing tokens the hub accepts.
 func TestFailingRequestAcrossRestart(t *testing.T) {
+	t.Parallel()
 	emu, d, s := provisioned(t, "[hub]\nverify = false\n")
 	emu.faults(map[string]any{"serverErrors": 1000000})
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {

@@ -16,6 +16,7 @@ import (
 // connects without a SAS and reports its twin; a certificate the hub does
 // not trust is a rejection, as a bad token is.
 func TestCheckWithCertificate(t *testing.T) {
+	t.Parallel()
 	ca, foreign := x509credtest.NewCA(t, "device CA", nil), x509credtest.NewCA(t, "foreign", nil)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)

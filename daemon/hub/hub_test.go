@@ -124,6 +124,7 @@ func username(deviceID string) string {
 }
 
 func TestCheckReportsTwin(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -147,6 +148,7 @@ func TestCheckReportsTwin(t *testing.T) {
 }
 
 func TestCheckRefused(t *testing.T) {
+	t.Parallel()
 	key := hubtest.Key(t)
 	tests := []struct {
 		name  string
@@ -192,6 +194,7 @@ func TestCheckRefused(t *testing.T) {
 }
 
 func TestCheckNetworkErrorsAreNotRejections(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -222,6 +225,7 @@ func TestCheckNetworkErrorsAreNotRejections(t *testing.T) {
 // encodings of the SDKs (§10, §4.2) are accepted, faults refused with
 // CONNACK 5.
 func TestPlainClient(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -265,6 +269,7 @@ func TestPlainClient(t *testing.T) {
 
 // TestMQTT31Refused: the hub speaks MQTT 3.1.1 only.
 func TestMQTT31Refused(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -305,6 +310,7 @@ func tamper(tok string) string {
 }
 
 func TestOneConnectionPerDevice(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -348,6 +354,7 @@ func TestOneConnectionPerDevice(t *testing.T) {
 }
 
 func TestSubscribeACL(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -385,6 +392,7 @@ func TestSubscribeACL(t *testing.T) {
 }
 
 func TestPublishACL(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -469,6 +477,7 @@ func (c *twinClient) request(t *testing.T, topic, body string) (string, string) 
 }
 
 func TestTwin(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -548,6 +557,7 @@ func (s *stay) next(t *testing.T) error {
 }
 
 func TestStayMethods(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -591,6 +601,7 @@ func TestStayMethods(t *testing.T) {
 }
 
 func TestInvokeMethodErrors(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{MethodTimeout: 200 * time.Millisecond})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "silent", key)
@@ -644,6 +655,7 @@ func TestInvokeMethodErrors(t *testing.T) {
 // TestHubDropsExpiredSession: the hub closes a connection when its token
 // runs out (plus the grace), so a client must renew.
 func TestHubDropsExpiredSession(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{TokenGrace: time.Millisecond})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -660,6 +672,7 @@ func TestHubDropsExpiredSession(t *testing.T) {
 
 // TestStayRenewsToken: a kept session outlives several token lifetimes.
 func TestStayRenewsToken(t *testing.T) {
+	t.Parallel()
 	// Without renewal the hub would drop the session 4 s at most after
 	// it started; the test runs at least 6 s.
 	h := startHub(t, hubemu.Options{TokenGrace: time.Second})
@@ -682,6 +695,7 @@ func TestStayRenewsToken(t *testing.T) {
 }
 
 func TestStayRejectedWhenDeleted(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -708,6 +722,7 @@ func TestStayRejectedWhenDeleted(t *testing.T) {
 }
 
 func TestStayRetriesUnreachableHub(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	key := hubtest.Key(t)
 	h.UpsertDevice(hubName, "dev1", key)
@@ -729,6 +744,7 @@ func TestStayRetriesUnreachableHub(t *testing.T) {
 // TestSignerFailure: a signing error (a TPM key gone) is not a hub
 // rejection, and ends a kept session instead of being retried.
 func TestSignerFailure(t *testing.T) {
+	t.Parallel()
 	h := startHub(t, hubemu.Options{})
 	h.UpsertDevice(hubName, "dev1", hubtest.Key(t))
 	errTPM := errors.New("TPM says no")

@@ -21,6 +21,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/client"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // The test binary doubles as a hostile or honest client run under another
@@ -163,7 +164,7 @@ func helper(exe string, uid int, mode, socket string, count int) *exec.Cmd {
 // headers, huge bodies and a flood of idle connections do not keep root or
 // other users from being served.
 func TestHostileClients(t *testing.T) {
-	localapitest.RequireRoot(t, "run clients under other uids")
+	testenv.RequireRoot(t, "run clients under other uids")
 	exe := localapitest.ExecutableForAll(t)
 	b := localapitest.NewBackend(provisionedStatus())
 	srv := localapi.New(b, localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})
@@ -291,7 +292,7 @@ func TestSocketActivation(t *testing.T) {
 // service user is refused by the client with what to do, before any of its
 // answers is believed.
 func TestImpostorSocket(t *testing.T) {
-	localapitest.RequireRoot(t, "serve the socket as another uid")
+	testenv.RequireRoot(t, "serve the socket as another uid")
 	exe := localapitest.ExecutableForAll(t)
 	const impostorUID = 2001
 	// t.TempDir's parent is private to root; the helper must get in.
@@ -354,7 +355,7 @@ func startServer(t *testing.T, cmd *exec.Cmd) (io.WriteCloser, *bufio.Scanner) {
 // many and however many connections they hold, take no slot that a reader
 // or a token user needs: they are authorized before they are counted.
 func TestStrangersDoNotTakeSlots(t *testing.T) {
-	localapitest.RequireRoot(t, "run clients under other uids")
+	testenv.RequireRoot(t, "run clients under other uids")
 	exe := localapitest.ExecutableForAll(t)
 	srv := localapi.New(localapitest.NewBackend(provisionedStatus()),
 		localapi.Options{SocketGroup: "root", TokenAllow: []string{strconv.Itoa(daemonUID)}, Log: localapitest.Logger(t)})

@@ -8,6 +8,7 @@ import (
 )
 
 func TestLimitListenerCaps(t *testing.T) {
+	t.Parallel()
 	l := newLimitListener(nil, Policy{}, 3, 2, 2, newRefusalLog(slog.New(slog.DiscardHandler)))
 	steps := []struct {
 		uid      int
@@ -47,6 +48,7 @@ func TestLimitListenerCaps(t *testing.T) {
 }
 
 func TestRefusalLogRateLimit(t *testing.T) {
+	t.Parallel()
 	var buf lineBuffer
 	l := newRefusalLog(slog.New(slog.NewTextHandler(&buf, nil)))
 	now := time.Unix(1_800_000_000, 0)
@@ -88,6 +90,7 @@ func (b *lineBuffer) Lines() []string {
 }
 
 func TestWatchSlots(t *testing.T) {
+	t.Parallel()
 	w := watchSlots{max: 3, maxPerUID: 2}
 	var releases []func()
 	steps := []struct {

@@ -21,6 +21,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/client"
 	"github.com/dpsd-project/dpsd/daemon/localapi"
 	"github.com/dpsd-project/dpsd/daemon/localapi/localapitest"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 // The policy of the unit tests uses numeric IDs, so that it does not
@@ -37,6 +38,7 @@ var (
 )
 
 func TestPolicyAuthorize(t *testing.T) {
+	t.Parallel()
 	p := localapi.Policy{SocketGroup: testOptions.SocketGroup, TokenAllow: testOptions.TokenAllow}
 	tests := []struct {
 		name string
@@ -62,6 +64,7 @@ func TestPolicyAuthorize(t *testing.T) {
 }
 
 func TestPolicyNames(t *testing.T) {
+	t.Parallel()
 	// root and its group exist everywhere.
 	p := localapi.Policy{SocketGroup: "root", TokenAllow: []string{"root"}}
 	got := p.Authorize(localapi.Peer{UID: 4000, GID: 0, Groups: []int{0}})
@@ -91,6 +94,7 @@ type handlerCase struct {
 }
 
 func TestHandler(t *testing.T) {
+	t.Parallel()
 	tests := []handlerCase{
 		{name: "status as root", peer: rootPeer, method: "GET", target: "/v1/status", wantCode: 200, wantInBody: `"state": "provisioned"`},
 		{name: "status as group member", peer: readerPeer, method: "GET", target: "/v1/status", wantCode: 200, wantInBody: `"deviceId": "dev-1"`},
@@ -207,6 +211,7 @@ func runHandlerCase(t *testing.T, tt handlerCase) {
 // The token's ttl reaches the backend as asked, and defaults to an hour
 // capped by the maximum.
 func TestTokenTTL(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		maxTTL time.Duration
 		query  string
@@ -237,6 +242,7 @@ func TestTokenTTL(t *testing.T) {
 // A round trip over a real socket: the peer credentials of this (root or
 // not) process decide, and the client gets the backend's status.
 func TestServeOverSocket(t *testing.T) {
+	t.Parallel()
 	b := localapitest.NewBackend(provisionedStatus())
 	o := testOptions
 	o.Log = localapitest.Logger(t)
@@ -261,6 +267,7 @@ func TestServeOverSocket(t *testing.T) {
 }
 
 func TestListenReplacesStaleSocket(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "status.sock")
 	// A socket file nobody listens on, as a crash leaves it.
 	ln, err := net.Listen("unix", path)
@@ -280,6 +287,7 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 }
 
 func TestListenRefusesLiveSocket(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "status.sock")
 	live, err := net.Listen("unix", path)
 	if err != nil {
@@ -299,6 +307,7 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 }
 
 func TestListenRefusesNonSocket(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "status.sock")
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
@@ -312,6 +321,7 @@ func TestListenRefusesNonSocket(t *testing.T) {
 }
 
 func TestListenUnknownGroup(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "status.sock")
 	_, err := localapi.Listen(path, "no-such-group-dpsd", 0o660)
 	if err == nil || !strings.Contains(err.Error(), "groupadd") {
@@ -320,6 +330,7 @@ func TestListenUnknownGroup(t *testing.T) {
 }
 
 func TestSocketMode(t *testing.T) {
+	t.Parallel()
 	if m := localapi.SocketMode(nil); m != 0o660 {
 		t.Errorf("no token users: %o", m)
 	}
@@ -330,6 +341,7 @@ func TestSocketMode(t *testing.T) {
 
 // Serve returns nil when its context ends, even with a client connected.
 func TestServeStopsOnCancel(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "status.sock")
 	ln, err := localapi.Listen(path, "", 0o660)
 	if err != nil {
@@ -369,6 +381,7 @@ var _ http.Handler = (*localapi.Server)(nil)
 // until it has, then answers what it found; a request whose time runs out
 // first gets 503 with the state, never a wrong answer.
 func TestAnswersWaitForStart(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		method, target string
 		want           string
@@ -427,6 +440,7 @@ func TestAnswersWaitForStart(t *testing.T) {
 // TestRefusalsRateLimited: a user knocking in a loop gets every 403 but
 // does not fill the journal: one line per uid per window.
 func TestRefusalsRateLimited(t *testing.T) {
+	t.Parallel()
 	var logs bytes.Buffer
 	o := testOptions
 	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
@@ -452,7 +466,8 @@ func TestRefusalsRateLimited(t *testing.T) {
 // TestListenRefusesUnsafeDir: dpsd does not create its socket where
 // another user could swap it for a symlink or take the path.
 func TestListenRefusesUnsafeDir(t *testing.T) {
-	localapitest.RequireRoot(t, "give a directory to another uid")
+	t.Parallel()
+	testenv.RequireRoot(t, "give a directory to another uid")
 	tests := []struct {
 		name  string
 		mode  os.FileMode

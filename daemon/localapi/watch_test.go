@@ -45,6 +45,7 @@ func serveWatched(t *testing.T, b *localapitest.Backend) (*client.Client, string
 // TPM command count alone is no change), and the stream ends when the
 // daemon stops.
 func TestWatch(t *testing.T) {
+	t.Parallel()
 	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
 	c, _, stop := serveWatched(t, b)
 
@@ -82,6 +83,7 @@ func TestWatch(t *testing.T) {
 // TestSlowWatcherDoesNotBlock: a watcher that never reads does not hold up
 // status changes or other watchers; it gets the latest status when it reads.
 func TestSlowWatcherDoesNotBlock(t *testing.T) {
+	t.Parallel()
 	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
 	c, path, _ := serveWatched(t, b)
 

@@ -2,15 +2,13 @@ package provision
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
-	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/enroll"
 	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/sas"
 	"github.com/dpsd-project/dpsd/tpmdev"
@@ -76,22 +74,10 @@ func (e *Engine) EnrollInfo(ctx context.Context) (apitype.EnrollInfo, error) {
 	if ek == nil || dev == nil {
 		return apitype.EnrollInfo{}, fmt.Errorf("the TPM is not ready yet (state %s)", e.Status().State)
 	}
-	info := apitype.EnrollInfo{
-		RegistrationID: e.cfg.Provisioning.RegistrationID,
-		EndorsementKey: base64.StdEncoding.EncodeToString(ek),
-	}
-	if info.RegistrationID == "" {
-		info.RegistrationID = dps.RegistrationID(ek)
-	}
-	// DPS does not need the certificate: one that cannot be read (an NV
-	// index that wants an owner auth dpsd does not send) is logged, and the
-	// operator still gets what the enrollment needs.
-	cert, err := dev.EKCertificate(ctx)
+	info, err := enroll.Info(ctx, e.cfg.Provisioning.RegistrationID, ek, dev)
 	if err != nil {
-		e.log.Warn("reading the EK certificate failed", "err", err)
-	}
-	if cert != nil {
-		info.EKCertificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert}))
+		// The operator still gets what the enrollment needs.
+		e.log.Warn("enroll-info without the EK certificate", "err", err)
 	}
 	return info, nil
 }

@@ -35,6 +35,7 @@ func softSigner(key []byte) Signer {
 }
 
 func TestNewVectors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, resource, keyName, want string
 	}{
@@ -63,6 +64,7 @@ func TestNewVectors(t *testing.T) {
 // TestVerifyVectors: the three sr encodings real clients send (§4.1) all
 // verify against the same request resource; the hub token (§4.2) too.
 func TestVerifyVectors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, sr, sig, resource string
 	}{
@@ -92,6 +94,7 @@ func TestVerifyVectors(t *testing.T) {
 }
 
 func TestVerifyRejects(t *testing.T) {
+	t.Parallel()
 	good, err := New(context.Background(), dpsResource, vectorExpiry, "registration", softSigner(vectorKey))
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +139,7 @@ func TestVerifyRejects(t *testing.T) {
 }
 
 func TestVerifyScope(t *testing.T) {
+	t.Parallel()
 	const hub = "contoso.azure-devices.net"
 	tests := []struct {
 		name, resource, covered string
@@ -168,6 +172,7 @@ func TestVerifyScope(t *testing.T) {
 }
 
 func TestParseRejects(t *testing.T) {
+	t.Parallel()
 	const sig = "HWWFujMbxyUm4jmquys%2BPaCy5GGXYmT7%2B2RAkATRLv4%3D"
 	tests := []struct{ name, token string }{
 		{"empty", ""},
@@ -203,6 +208,7 @@ func TestParseRejects(t *testing.T) {
 }
 
 func TestParseFieldOrder(t *testing.T) {
+	t.Parallel()
 	tok, err := Parse("SharedAccessSignature skn=registration&se=1700000000&sig=HWWFujMbxyUm4jmquys%2BPaCy5GGXYmT7%2B2RAkATRLv4%3D&sr=0ne00000A0A%2Fregistrations%2F" + vectorRegID)
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +222,7 @@ func TestParseFieldOrder(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
+	t.Parallel()
 	signErr := errors.New("TPM gone")
 	failing := func(context.Context, []byte) ([]byte, error) { return nil, signErr }
 	if _, err := New(context.Background(), dpsResource, vectorExpiry, "", failing); !errors.Is(err, signErr) {
@@ -232,6 +239,7 @@ func TestNewErrors(t *testing.T) {
 // TestNewEscapes: a resource with characters that mean something in a
 // token still round-trips and verifies.
 func TestNewEscapes(t *testing.T) {
+	t.Parallel()
 	resource := "hub.example/devices/a b&c=d+e%f"
 	s, err := New(context.Background(), resource, vectorExpiry, "k&n", softSigner(vectorKey))
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 // carries on as a fresh device), the keys as unreadable, all with an
 // error that names the file and costs no memory.
 func TestOversizedFiles(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		file string
 		load func(state.Store) error

@@ -62,6 +62,7 @@ func crashWriter(dir string) {
 // contents, never a mix. (This covers process death; power loss
 // additionally relies on the fsyncs, which a test cannot cut.)
 func TestKillDuringWrites(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	isKey := func(b []byte) bool { return bytes.Equal(b, crashKeys[0]) || bytes.Equal(b, crashKeys[1]) }
 	for round := range 10 {

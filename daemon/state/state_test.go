@@ -74,6 +74,7 @@ func assertNoTemp(t *testing.T, dir string) {
 }
 
 func TestLoadMissingIsFresh(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "dpsd")
 	st, found, err := Store{Dir: dir}.Load()
 	if err != nil || found || !reflect.DeepEqual(st, State{}) {
@@ -85,6 +86,7 @@ func TestLoadMissingIsFresh(t *testing.T) {
 }
 
 func TestSaveLoad(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "dpsd")
 	s := Store{Dir: dir}
 	in := sample()
@@ -116,6 +118,7 @@ func TestSaveLoad(t *testing.T) {
 // TestCheckWritable: what would make an identity switch fail after DPS
 // assigned the device is found before, and the probe leaves nothing.
 func TestCheckWritable(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, dir string)
@@ -166,6 +169,7 @@ func TestCheckWritable(t *testing.T) {
 // A restart of a provisioned device must not touch flash: saving what is
 // already on disk writes nothing, however the caller built the value.
 func TestSaveUnchangedWritesNothing(t *testing.T) {
+	t.Parallel()
 	s := Store{Dir: t.TempDir()}
 	if _, err := s.Save(sample()); err != nil {
 		t.Fatal(err)
@@ -203,6 +207,7 @@ func TestSaveUnchangedWritesNothing(t *testing.T) {
 }
 
 func TestLoadCorrupt(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"empty":         "",
 		"truncated":     `{"format": 1, "registrationId": "dev`,
@@ -242,6 +247,7 @@ func TestLoadCorrupt(t *testing.T) {
 // A crash between creating and renaming a temporary file leaves it behind:
 // readers ignore it and the next write of that file replaces it.
 func TestStaleTemporaryFiles(t *testing.T) {
+	t.Parallel()
 	s := Store{Dir: t.TempDir()}
 	for _, name := range []string{StateFile, StagedIdentityFile, OwnerAuthFile} {
 		if err := os.WriteFile(filepath.Join(s.Dir, name+atomicfile.TmpSuffix), []byte("half a fi"), 0o644); err != nil {
@@ -270,6 +276,7 @@ func TestStaleTemporaryFiles(t *testing.T) {
 }
 
 func TestIdentitySwitch(t *testing.T) {
+	t.Parallel()
 	s := Store{Dir: filepath.Join(t.TempDir(), "dpsd")}
 	step := func(name string, err error) {
 		t.Helper()
@@ -319,6 +326,7 @@ func TestIdentitySwitch(t *testing.T) {
 }
 
 func TestOwnerAuth(t *testing.T) {
+	t.Parallel()
 	s := Store{Dir: t.TempDir()}
 	if _, err := s.LoadOwnerAuth(); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("LoadOwnerAuth with none = %v; want fs.ErrNotExist", err)
@@ -338,6 +346,7 @@ func TestOwnerAuth(t *testing.T) {
 // A write that fails at the rename leaves neither a temporary file nor a
 // changed target behind.
 func TestWriteFailsCleanly(t *testing.T) {
+	t.Parallel()
 	s := Store{Dir: t.TempDir()}
 	// A non-empty directory where state.json belongs: rename(2) refuses it.
 	blocker := filepath.Join(s.Dir, StateFile, "keep")

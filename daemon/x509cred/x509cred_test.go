@@ -17,6 +17,7 @@ import (
 const regID = "regid-1"
 
 func TestCreateCSR(t *testing.T) {
+	t.Parallel()
 	ecKey := x509credtest.NewKey(t)
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -55,6 +56,7 @@ func leaf(t *testing.T, cn string, pub crypto.PublicKey, parent *x509credtest.CA
 }
 
 func TestVerifyChain(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	root := x509credtest.NewCA(t, "root", nil)
 	inter := x509credtest.NewCA(t, "intermediate", root)
@@ -100,6 +102,7 @@ func TestVerifyChain(t *testing.T) {
 }
 
 func TestTLSCertificate(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	root := x509credtest.NewCA(t, "root", nil)
 	device := x509credtest.NewKey(t)

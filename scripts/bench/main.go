@@ -12,7 +12,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -32,6 +31,8 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/harness"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 )
 
 const idScope = "0ne00BE4C8"
@@ -106,7 +107,7 @@ func run(o options) error {
 		}
 		c, w, q, err := measureDevice(o, emu, filepath.Join(work, fmt.Sprintf("dev%d", i)), idle)
 		if err != nil {
-			return fmt.Errorf("run %d: %w\ndpsemu log:\n%s", i+1, err, tail(emu.log.String(), 40))
+			return fmt.Errorf("run %d: %w\ndpsemu log:\n%s", i+1, err, tail(emu.Log.String(), 40))
 		}
 		fmt.Fprintf(os.Stderr, "run %d: cold %.1f ms (%d TPM commands, %d DPS requests), warm READY %.1f ms (%d TPM commands, %d files written), without the hub check %.1f ms (%d TPM commands)\n",
 			i+1, c.provisionMS, c.tpmCommands, c.dpsRequests, w.readyMS, w.tpmCommands, w.filesWritten, q.readyMS, q.tpmCommands)
@@ -190,7 +191,7 @@ type device struct {
 	o                               options
 	emu                             *emulator
 	dir, tpmDir, state, socket, cfg string
-	tpm                             *exec.Cmd
+	tpm                             *harness.Process
 }
 
 // enroll puts the device's EK into the emulator from `dpsd enroll-info`.
@@ -201,8 +202,9 @@ func (d *device) enroll() error {
 	if err := d.startTPM(); err != nil {
 		return err
 	}
+	// swtpm has written the manufactured TPM's state once it answers.
 	perm := filepath.Join(d.tpmDir, "tpm2-00.permall")
-	fresh, err := readWhenWritten(perm)
+	fresh, err := os.ReadFile(perm)
 	if err != nil {
 		return fmt.Errorf("reading the fresh TPM state: %w", err)
 	}
@@ -232,19 +234,6 @@ func (d *device) enroll() error {
 	return d.startTPM()
 }
 
-// readWhenWritten reads a file swtpm writes shortly after it starts to
-// listen: the manufactured TPM's state.
-func readWhenWritten(path string) ([]byte, error) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(path)
-		if err == nil && len(b) > 0 || time.Now().After(deadline) {
-			return b, err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // writeConfig writes the device's config; extra goes into [hub].
 func (d *device) writeConfig(hubExtra string) error {
 	cfg := fmt.Sprintf(`[provisioning]
@@ -267,7 +256,7 @@ group = "root"
 
 [state]
 dir = %q
-`, d.emu.addrs.DPS, idScope, d.tpmSocket(), d.emu.addrs.Hub, hubExtra, filepath.Join(d.emu.dir, "ca.pem"), d.socket, d.state)
+`, d.emu.DPS, idScope, d.tpmSocket(), d.emu.Hub, hubExtra, filepath.Join(d.emu.dir, "ca.pem"), d.socket, d.state)
 	return os.WriteFile(d.cfg, []byte(cfg), 0o644)
 }
 
@@ -275,42 +264,26 @@ func (d *device) tpmSocket() string { return filepath.Join(d.dir, "tpm.sock") }
 
 func (d *device) startTPM() error {
 	sock := d.tpmSocket()
-	d.tpm = exec.Command(d.o.swtpm, "socket", "--tpm2",
-		"--server", "type=unixio,path="+sock, "--ctrl", "type=unixio,path="+sock+".ctrl",
-		"--tpmstate", "dir="+d.tpmDir, "--flags", "not-need-init,startup-clear")
-	var log bytes.Buffer
-	d.tpm.Stdout, d.tpm.Stderr = &log, &log
-	if err := d.tpm.Start(); err != nil {
-		return fmt.Errorf("starting swtpm: %w", err)
+	p, err := harness.StartSwtpm(d.o.swtpm, "swtpm:"+sock, d.tpmDir, "type=unixio,path="+sock, "type=unixio,path="+sock+".ctrl")
+	if err != nil {
+		return err
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return fmt.Errorf("swtpm did not listen on %s: %s", sock, log.String())
+	d.tpm = p
+	return nil
 }
 
 func (d *device) stopTPM() {
 	if d.tpm != nil {
-		stop(d.tpm, 5*time.Second)
+		_ = d.tpm.Stop(5 * time.Second)
 		d.tpm = nil
 	}
 }
 
 // daemon is a running `dpsd run` and its sd_notify messages.
 type daemon struct {
-	cmd    *exec.Cmd
-	start  time.Time
-	ln     *net.UnixConn
-	log    *bytes.Buffer
-	exited chan error
-
-	stopOnce sync.Once
-	stopErr  error
+	proc  *harness.Process
+	start time.Time
+	ln    *net.UnixConn
 
 	mu    sync.Mutex
 	notes []note        // every message so far, in order
@@ -329,17 +302,15 @@ func (d *device) startDaemon() (*daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("binding NOTIFY_SOCKET: %w", err)
 	}
-	p := &daemon{ln: ln, log: &bytes.Buffer{}, exited: make(chan error, 1), more: make(chan struct{})}
+	p := &daemon{ln: ln, more: make(chan struct{})}
 	go p.receive()
-	p.cmd = exec.Command(d.o.dpsd, "run", "--config", d.cfg)
-	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	cmd := exec.Command(d.o.dpsd, "run", "--config", d.cfg)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	p.start = time.Now()
-	if err := p.cmd.Start(); err != nil {
+	if p.proc, err = harness.Start(cmd); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("starting dpsd: %w", err)
+		return nil, err
 	}
-	go func() { p.exited <- p.cmd.Wait() }()
 	return p, nil
 }
 
@@ -380,11 +351,10 @@ func (p *daemon) waitNote(prefix string, timeout time.Duration) (time.Duration, 
 		p.mu.Unlock()
 		select {
 		case <-more:
-		case err := <-p.exited:
-			p.exited <- err
-			return 0, fmt.Errorf("dpsd exited (%v) before %q:\n%s", err, prefix, tail(p.log.String(), 40))
+		case <-p.proc.Exited():
+			return 0, fmt.Errorf("dpsd exited (%v) before %q:\n%s", p.proc.Err(), prefix, tail(p.log().String(), 40))
 		case <-deadline:
-			return 0, fmt.Errorf("no %q within %v:\n%s", prefix, timeout, tail(p.log.String(), 40))
+			return 0, fmt.Errorf("no %q within %v:\n%s", prefix, timeout, tail(p.log().String(), 40))
 		}
 	}
 }
@@ -394,7 +364,7 @@ func (p *daemon) hwm() (int, error) { return p.memory("VmHWM") }
 
 // memory reads one of the KiB figures of /proc/PID/status.
 func (p *daemon) memory(field string) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.proc.Pid()))
 	if err != nil {
 		return 0, err
 	}
@@ -409,22 +379,16 @@ func (p *daemon) memory(field string) (int, error) {
 // stop sends SIGTERM and waits for a clean exit; later calls return the
 // first one's result.
 func (p *daemon) stop() error {
-	p.stopOnce.Do(func() {
-		defer p.ln.Close()
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-p.exited:
-			if err != nil {
-				p.stopErr = fmt.Errorf("dpsd did not stop cleanly: %w\n%s", err, tail(p.log.String(), 20))
-			}
-		case <-time.After(20 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-			p.stopErr = errors.New("dpsd ignored SIGTERM")
-		}
-	})
-	return p.stopErr
+	err := p.proc.Stop(20 * time.Second)
+	p.ln.Close()
+	if err != nil {
+		return fmt.Errorf("dpsd did not stop cleanly: %w\n%s", err, tail(p.log().String(), 20))
+	}
+	return nil
 }
+
+// log is the daemon's output.
+func (p *daemon) log() *testenv.Buffer { return p.proc.Log }
 
 func (d *device) status() (apitype.Status, error) {
 	out, err := exec.Command(d.o.dpsd, "status", "--json", "--socket", d.socket).Output()
@@ -452,7 +416,7 @@ func (d *device) settled(p *daemon, hub bool) (apitype.Status, error) {
 			return s, nil
 		}
 		if time.Now().After(deadline) {
-			return s, fmt.Errorf("not settled within %v: status %+v (%v)\n%s", d.o.timeout, s, err, tail(p.log.String(), 40))
+			return s, fmt.Errorf("not settled within %v: status %+v (%v)\n%s", d.o.timeout, s, err, tail(p.log().String(), 40))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -547,7 +511,7 @@ func (d *device) warm(verify bool) (warm, error) {
 	if err := p.stop(); err != nil {
 		return w, err
 	}
-	if w.tpmCommands, err = readyCommands(p.log.String()); err != nil {
+	if w.tpmCommands, err = readyCommands(p.log().String()); err != nil {
 		return w, err
 	}
 	after, err := d.emu.stats()
@@ -597,41 +561,23 @@ func changed(before, after map[string]string) int {
 
 // emulator is a dpsemu process.
 type emulator struct {
-	cmd   *exec.Cmd
-	dir   string
-	log   *bytes.Buffer
-	addrs struct{ DPS, Hub, Admin string }
+	*harness.Dpsemu
+	dir string
 }
 
 func startEmulator(o options, dir string) (*emulator, error) {
-	e := &emulator{dir: dir, log: &bytes.Buffer{}}
 	// One poll answered "assigned": the one wait the protocol forces is
 	// the Retry-After the emulator asks for.
-	e.cmd = exec.Command(o.dpsemu, "--dir", dir, "--id-scope", idScope, "--hub", strings.Join(hubs, ","),
+	p, err := harness.StartDpsemu(o.dpsemu, "--dir", dir, "--id-scope", idScope, "--hub", strings.Join(hubs, ","),
 		"--dps-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--assign-after-polls", "0", "--retry-after", strconv.Itoa(o.retryAfter), "--log-level", "warn")
-	e.cmd.Stderr = e.log
-	stdout, err := e.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := e.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting dpsemu: %w", err)
-	}
-	line, err := bufio.NewReader(stdout).ReadBytes('\n')
-	if err != nil {
-		e.stop()
-		return nil, fmt.Errorf("dpsemu printed no address line: %w\n%s", err, e.log)
-	}
-	if err := json.Unmarshal(line, &e.addrs); err != nil {
-		e.stop()
-		return nil, fmt.Errorf("dpsemu address line %q: %w", line, err)
-	}
-	go io.Copy(io.Discard, stdout)
-	return e, nil
+	return &emulator{Dpsemu: p, dir: dir}, nil
 }
 
-func (e *emulator) stop() { stop(e.cmd, 5*time.Second) }
+func (e *emulator) stop() { _ = e.Stop(5 * time.Second) }
 
 // call sends one admin API request and decodes a JSON answer into out.
 func (e *emulator) call(method, path string, body, out any) error {
@@ -643,7 +589,7 @@ func (e *emulator) call(method, path string, body, out any) error {
 		}
 		r = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://"+e.addrs.Admin+path, r)
+	req, err := http.NewRequest(method, "http://"+e.Admin+path, r)
 	if err != nil {
 		return err
 	}
@@ -669,22 +615,6 @@ func (e *emulator) call(method, path string, body, out any) error {
 func (e *emulator) stats() (map[string]int, error) {
 	var s map[string]int
 	return s, e.call("GET", "/stats", nil, &s)
-}
-
-// stop ends a helper process: SIGTERM, then SIGKILL after grace.
-func stop(cmd *exec.Cmd, grace time.Duration) {
-	if cmd.Process == nil || cmd.ProcessState != nil {
-		return
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(grace):
-		_ = cmd.Process.Kill()
-		<-done
-	}
 }
 
 // binarySizes reads the stripped cross builds of make cross.

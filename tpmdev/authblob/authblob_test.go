@@ -58,6 +58,7 @@ func productionBlobs(t testing.TB) map[string]struct {
 }
 
 func TestParseProductionBlobs(t *testing.T) {
+	t.Parallel()
 	for name, tc := range productionBlobs(t) {
 		t.Run(name, func(t *testing.T) {
 			b, err := Parse(tc.blob)
@@ -88,6 +89,7 @@ func TestParseProductionBlobs(t *testing.T) {
 // that is valid is the blob without its trailer (it ends at offset 764,
 // where the trailer's size field would start, §6), which clients must accept.
 func TestParseTruncated(t *testing.T) {
+	t.Parallel()
 	full := productionBlobs(t)["challenge401"].blob
 	const withoutTrailer = 764
 	for n := 0; n < len(full); n++ {
@@ -108,6 +110,7 @@ func TestParseTruncated(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
+	t.Parallel()
 	good := productionBlobs(t)["challenge401"].blob
 	with := func(off int, patch ...byte) []byte {
 		b := bytes.Clone(good)
@@ -157,6 +160,7 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestParseEmptyTrailer(t *testing.T) {
+	t.Parallel()
 	good := productionBlobs(t)["assignedStatus"].blob
 	b, err := Parse(append(good[:764:764], 0, 0))
 	if err != nil {

@@ -21,6 +21,7 @@ func testDevice() *softtpm.Device {
 }
 
 func TestBuildRoundTrip(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	tests := []struct {
 		name    string
@@ -59,6 +60,7 @@ func TestBuildRoundTrip(t *testing.T) {
 // TestBuildProductionSizes: a 32-byte key gives exactly the field sizes of
 // the real blobs (§6).
 func TestBuildProductionSizes(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	raw, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, make([]byte, 32), make([]byte, 108))
 	if err != nil {
@@ -81,6 +83,7 @@ func TestBuildProductionSizes(t *testing.T) {
 }
 
 func TestBuildBindsToSRK(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	raw, err := Build(rand.Reader, d.EKPublic, d.SRKPublic, make([]byte, 32), nil)
 	if err != nil {
@@ -95,6 +98,7 @@ func TestBuildBindsToSRK(t *testing.T) {
 }
 
 func TestBuildRejects(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	signingKey := tpm2.RSASRKTemplate
 	signingKey.ObjectAttributes.Decrypt = false
@@ -119,6 +123,7 @@ func TestBuildRejects(t *testing.T) {
 }
 
 func TestValidateKeys(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	ecc := tpm2.ECCSRKTemplate
 	small := tpm2.RSASRKTemplate
@@ -174,6 +179,7 @@ func rsaParms(keyBits, aesBits int) tpm2.TPMUPublicParms {
 }
 
 func TestSameEK(t *testing.T) {
+	t.Parallel()
 	d := testDevice()
 	// The same modulus under the TCG template and the empty-unique variant's
 	// attributes is still the same key.

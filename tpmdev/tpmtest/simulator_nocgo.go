@@ -5,6 +5,7 @@ package tpmtest
 import (
 	"testing"
 
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -12,12 +13,12 @@ import (
 // fails in CI and is skipped elsewhere.
 func Simulator(t testing.TB) *tpmdev.Device {
 	t.Helper()
-	missing(t, "the TPM simulator needs cgo (CGO_ENABLED=1, gcc, libssl-dev)")
+	testenv.Missing(t, "the TPM simulator needs cgo (CGO_ENABLED=1, gcc, libssl-dev)")
 	return nil
 }
 
 // ClearSimulator is never reached without cgo: Simulator stops the test.
 func ClearSimulator(t testing.TB, dev *tpmdev.Device) {
 	t.Helper()
-	missing(t, "the TPM simulator needs cgo")
+	testenv.Missing(t, "the TPM simulator needs cgo")
 }

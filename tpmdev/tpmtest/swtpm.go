@@ -1,18 +1,17 @@
 package tpmtest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dpsd-project/dpsd/internal/harness"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -83,9 +82,7 @@ func StartSwtpm(t testing.TB, stateDir string) SwtpmInfo {
 		Socket:     filepath.Join(sockDir, "tpm.sock"),
 		CtrlSocket: filepath.Join(sockDir, "tpm.sock.ctrl"),
 	}
-	return startSwtpm(t, stateDir, info,
-		"--server", "type=unixio,path="+info.Socket,
-		"--ctrl", "type=unixio,path="+info.CtrlSocket)
+	return startSwtpm(t, stateDir, info, "type=unixio,path="+info.Socket, "type=unixio,path="+info.CtrlSocket)
 }
 
 // StartSwtpmTCP is StartSwtpm with the command channel on a loopback TCP
@@ -96,8 +93,8 @@ func StartSwtpmTCP(t testing.TB, stateDir string) SwtpmInfo {
 	port := freePortPair(t)
 	info := SwtpmInfo{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
 	return startSwtpm(t, stateDir, info,
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1))
+		fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1))
 }
 
 // freePortPair finds a loopback port P with P+1 free as well.
@@ -120,9 +117,9 @@ func freePortPair(t testing.TB) int {
 	return 0
 }
 
-func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, channels ...string) SwtpmInfo {
+func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, server, ctrl string) SwtpmInfo {
 	t.Helper()
-	bin := requireTool(t, "swtpm")
+	bin := testenv.LookPath(t, "swtpm")
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
@@ -134,73 +131,13 @@ func startSwtpm(t testing.TB, stateDir string, info SwtpmInfo, channels ...strin
 		t.Fatal(err)
 	}
 	info.StateDir = stateDir
-	var out bytes.Buffer
-	args := append([]string{"socket", "--tpm2"}, channels...)
-	args = append(args, "--tpmstate", "dir="+stateDir, "--flags", "not-need-init,startup-clear")
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// Die with the test binary even if cleanup never runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting swtpm: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	var once sync.Once
-	info.stop = func() {
-		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-exited
-			}
-		})
-	}
-	t.Cleanup(info.stop)
-	if err := waitReady(info, exited); err != nil {
-		info.stop()
-		t.Fatalf("swtpm on %s: %v; its output: %s", stateDir, err, out.String())
-	}
-	return info
-}
-
-// waitReady waits until swtpm answers a command; it gives up when swtpm
-// exits or after a minute (a loaded CI machine, not a performance bound).
-// swtpm listens before it manufactures the TPM and writes its state
-// (tpm2-00.permall) and answers only after, so a test may read the state
-// directory once this returns.
-func waitReady(info SwtpmInfo, exited <-chan struct{}) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := ping(info, deadline)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("swtpm exited before answering")
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no answer on %s: %w", info.Spec(), err)
-		}
-	}
-}
-
-// ping sends swtpm one command that reads only, and lets go at once:
-// swtpm serves one client at a time.
-func ping(info SwtpmInfo, deadline time.Time) error {
-	dev, err := tpmdev.OpenInspect(info.Spec(), nil)
+	p, err := harness.StartSwtpm(bin, info.Spec(), stateDir, server, ctrl)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	defer dev.Close()
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	_, err = dev.Ownership(ctx)
-	return err
+	info.stop = func() { _ = p.Stop(10 * time.Second) }
+	t.Cleanup(info.stop)
+	return info
 }
 
 // Swtpm starts a fresh swtpm and opens it as a Device, closed and stopped
@@ -228,7 +165,7 @@ func Swtpm(t testing.TB) (*tpmdev.Device, SwtpmInfo) {
 // not be in an operation: swtpm serves one client at a time.
 func ClearSwtpm(t testing.TB, info SwtpmInfo) {
 	t.Helper()
-	bin := requireTool(t, "tpm2_clear")
+	bin := testenv.LookPath(t, "tpm2_clear")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := tpm2Tool(ctx, bin, "-c", "p", "-T", info.tcti()); err != nil {
@@ -251,7 +188,7 @@ func tpm2Tool(ctx context.Context, bin string, args ...string) ([]byte, error) {
 // does. swtpm has room for three. The Device must not be in an operation.
 func LeaveObjects(t testing.TB, info SwtpmInfo, n int) {
 	t.Helper()
-	bin := requireTool(t, "tpm2_createprimary")
+	bin := testenv.LookPath(t, "tpm2_createprimary")
 	dir := t.TempDir()
 	for i := range n {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

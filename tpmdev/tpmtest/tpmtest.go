@@ -9,32 +9,10 @@ package tpmtest
 import (
 	"context"
 	"log/slog"
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
-
-// requireTool fails (CI) or skips the test when the program is missing.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		missing(t, name+" is not installed (scripts/install-deps.sh test installs it)")
-	}
-	return path
-}
-
-// missing fails the test in CI, where every tool must be there, and skips
-// it elsewhere.
-func missing(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and %s", why)
-	}
-	t.Skip(why)
-}
 
 // Logger is a logger that writes to the test's output.
 func Logger(t testing.TB) *slog.Logger {

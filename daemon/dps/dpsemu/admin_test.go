@@ -16,6 +16,7 @@ import (
 // TestEnrollmentCRUD: the design.md shape round-trips; putting the same
 // enrollment again keeps its etag.
 func TestEnrollmentCRUD(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	body := enrollment("crud-1", d)
@@ -58,6 +59,7 @@ func TestEnrollmentCRUD(t *testing.T) {
 // TestEnrollmentRejected: every invalid enrollment is a 400 naming the
 // problem.
 func TestEnrollmentRejected(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	with := func(k string, v any) map[string]any {
@@ -95,6 +97,7 @@ func TestEnrollmentRejected(t *testing.T) {
 // TestDeleteDevice: the hub refuses a deleted identity; the device's next
 // registration creates it again.
 func TestDeleteDevice(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("del", d, nil)
@@ -118,6 +121,7 @@ func TestDeleteDevice(t *testing.T) {
 // and returns its answer; unknown, offline and silent devices get 404, 404
 // and 504.
 func TestDirectMethod(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("meth", d, nil)
@@ -172,6 +176,7 @@ func TestDirectMethod(t *testing.T) {
 
 // TestAdminRefusesBrowsers: a request a web page could send is refused.
 func TestAdminRefusesBrowsers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	req, _ := http.NewRequest(http.MethodPut, "http://"+e.addrs.Admin+"/faults", strings.NewReader(`{"dps":{"throttle":100}}`))
 	req.Header.Set("Origin", "http://evil.example")
@@ -192,6 +197,7 @@ func TestAdminRefusesBrowsers(t *testing.T) {
 // the CA survive a restart; the hub accepts the old key without a new
 // registration.
 func TestRestartKeepsRegistry(t *testing.T) {
+	t.Parallel()
 	first := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	first.enroll("keep", d, nil)
@@ -250,6 +256,7 @@ func TestRestartKeepsRegistry(t *testing.T) {
 // TestStartRejects: bad options and a damaged state directory stop Start
 // with an error that names the problem.
 func TestStartRejects(t *testing.T) {
+	t.Parallel()
 	good := func(t *testing.T) dpsemu.Options {
 		return dpsemu.Options{Dir: t.TempDir(), IDScope: testScope, Hubs: testHubs}
 	}
@@ -295,6 +302,7 @@ func TestStartRejects(t *testing.T) {
 // request fails with 500 and nothing changes in memory; service resumes
 // once the disk is writable again.
 func TestRegistryWriteFailure(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("disk", d, nil)

@@ -19,6 +19,7 @@ import (
 // Node adds forceRegistration; DPS serves them all (§2.1), and so must the
 // emulator, even without an api-version.
 func TestAnyAPIVersion(t *testing.T) {
+	t.Parallel()
 	for _, q := range []string{"api-version=2019-03-31", "api-version=2021-10-01", "api-version=2019-03-31&forceRegistration=true", "none"} {
 		t.Run(q, func(t *testing.T) {
 			e := newEnv(t, nil)
@@ -38,6 +39,7 @@ func TestAnyAPIVersion(t *testing.T) {
 // TestRegisterAssigned walks the whole §1 sequence with a software TPM and
 // checks every answer's shape, then the hub's view of the new identity.
 func TestRegisterAssigned(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	const regID = "device-01"
@@ -112,6 +114,7 @@ func TestRegisterAssigned(t *testing.T) {
 // three encodings real clients use are accepted, with or without the body's
 // tpm member.
 func TestSASEncodings(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	const regID = "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq"
@@ -165,6 +168,7 @@ func checkErrorBody(t *testing.T, r response, status int) map[string]any {
 // TestDPSErrors sends every malformed or unauthorized request the brief
 // lists and checks status and body; the emulator must stay up throughout.
 func TestDPSErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d, other := newSoftDevice(t, 0), newSoftDevice(t, 1)
 	const regID = "dev-err"
@@ -245,6 +249,7 @@ func TestDPSErrors(t *testing.T) {
 // TestSASSkew: a token expired within the allowance (5 minutes) is still
 // accepted.
 func TestSASSkew(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("skew", d, nil)
@@ -256,6 +261,7 @@ func TestSASSkew(t *testing.T) {
 // TestChallengeReplaced: a new challenge replaces the old key; tokens
 // signed with the old one are refused.
 func TestChallengeReplaced(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("twice", d, nil)
@@ -269,6 +275,7 @@ func TestChallengeReplaced(t *testing.T) {
 // then its operation ends "disabled"; disabling after assignment also
 // disables the hub identity, and enabling restores it.
 func TestDisabledEnrollment(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("dis", d, nil)
@@ -304,6 +311,7 @@ func TestDisabledEnrollment(t *testing.T) {
 // enrollment's hub wins, a re-registration keeps device ID and hub but
 // rotates the key, and an enrollment change moves the identity.
 func TestAllocation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 
@@ -351,6 +359,7 @@ func TestAllocation(t *testing.T) {
 
 // TestEnrollmentDeletedMidOperation: the operation ends "failed".
 func TestEnrollmentDeletedMidOperation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("gone", d, nil)

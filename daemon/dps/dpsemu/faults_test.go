@@ -23,6 +23,7 @@ func (e *env) setFaults(t *testing.T, body string) {
 // TestFaultThrottleAndServerErrors: each count hits that many requests of
 // any kind, with the configured Retry-After, then service resumes.
 func TestFaultThrottleAndServerErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f1", d, nil)
@@ -48,6 +49,7 @@ func TestFaultThrottleAndServerErrors(t *testing.T) {
 
 // TestFaultDropConnections: the connection closes without an answer.
 func TestFaultDropConnections(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f2", d, nil)
@@ -72,6 +74,7 @@ func TestFaultDropConnections(t *testing.T) {
 // TestFaultLatency: requests wait; a client that gives up first gets no
 // answer, and clearing the fault restores service.
 func TestFaultLatency(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f3", d, nil)
@@ -95,6 +98,7 @@ func TestFaultLatency(t *testing.T) {
 // TestFaultAssignAfterPolls: the count applies to new operations; null
 // restores the default.
 func TestFaultAssignAfterPolls(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f4", d, nil)
@@ -120,6 +124,7 @@ func TestFaultAssignAfterPolls(t *testing.T) {
 // TestFaultGarbleKey: blob #2 fails the TPM's integrity check while the
 // hub keeps the real key; turning it off restores good blobs.
 func TestFaultGarbleKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f5", d, nil)
@@ -149,6 +154,7 @@ func TestFaultGarbleKey(t *testing.T) {
 
 // TestFaultsRejected: the faults body is strict.
 func TestFaultsRejected(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	for _, body := range []string{
 		`{"dps":{"throtle":1}}`,
@@ -170,6 +176,7 @@ func TestFaultsRejected(t *testing.T) {
 // challenge (skn=registration is still what a token must carry), and
 // pollRetryAfter replaces the Retry-After of every 202, however large.
 func TestFaultKeyNameAndPollRetryAfter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	d := newSoftDevice(t, 0)
 	e.enroll("f9", d, nil)

@@ -13,6 +13,7 @@ import (
 // valid now, named as the device's certificates are; the grant lasts until
 // the certificate's notAfter.
 func TestAuthenticateCertificate(t *testing.T) {
+	t.Parallel()
 	const hub, device = "h.example", "dev1"
 	now := time.Now()
 	ca, other := x509credtest.NewCA(t, "ca", nil), x509credtest.NewCA(t, "other", nil)

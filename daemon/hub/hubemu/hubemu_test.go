@@ -8,6 +8,7 @@ import (
 )
 
 func TestParseUsername(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		username      string
 		hub, deviceID string // empty: refused
@@ -41,6 +42,7 @@ func TestParseUsername(t *testing.T) {
 }
 
 func TestTopicRules(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		topic              string
 		publish, subscribe bool
@@ -76,6 +78,7 @@ func TestTopicRules(t *testing.T) {
 }
 
 func TestReportedPatch(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name        string
 		base, patch string
@@ -132,6 +135,7 @@ func TestReportedPatch(t *testing.T) {
 }
 
 func TestRegistry(t *testing.T) {
+	t.Parallel()
 	s := New(Options{})
 	defer s.Close()
 	if _, ok := s.Device("d1"); ok {
@@ -163,6 +167,7 @@ func TestRegistry(t *testing.T) {
 }
 
 func TestServeNeedsTLS(t *testing.T) {
+	t.Parallel()
 	s := New(Options{})
 	defer s.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -219,39 +219,6 @@ func ExecutableForAll(t testing.TB) string {
 	return path
 }
 
-// RequireRoot fails the test under CI (which runs as root) and skips it
-// elsewhere when the process is not root; why says what needs root.
-func RequireRoot(t testing.TB, why string) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("needs root to %s; CI runs as root", why)
-	}
-	t.Skipf("needs root to %s", why)
-}
-
-// LogBuffer collects a server's log from its goroutines for searching.
-type LogBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-// Write appends p.
-func (l *LogBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// String is everything written so far.
-func (l *LogBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Logger sends a server's log to the test's log.
 func Logger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
