@@ -138,16 +138,22 @@ var allowedImports = map[string][]string{
 	"daemon/localapi":  {"daemon/apitype"},
 	"daemon/client":    {"daemon/apitype"},
 	"tpmdev":           {"tpmdev/authblob"},
+	"daemon/enroll":    {"daemon/apitype", "daemon/config", "daemon/dps", "tpmdev"},
 	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev"},
-	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
+	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/enroll", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
-	"daemon/cli": {"daemon/apitype", "daemon/check", "daemon/client", "daemon/config", "daemon/dps", "daemon/state", "daemon/version", "tpmdev"},
-	"cmd/dpsd":   {"daemon", "daemon/cli"},
+	"daemon/cli": {"daemon/apitype", "daemon/client", "daemon/config", "daemon/version"},
+	// What enroll-info and check do with the TPM when the daemon is down,
+	// injected into the command line by cmd/dpsd.
+	"daemon/standalone": {"daemon/apitype", "daemon/check", "daemon/config", "daemon/enroll", "daemon/state", "daemon/version", "tpmdev"},
+	"cmd/dpsd":          {"daemon", "daemon/cli", "daemon/standalone"},
 
 	// Test helpers and the emulator: never imported by the shipped binary
 	// (TestShippedBinaryDeps).
-	"tpmdev/tpmtest":               {"tpmdev"},
+	"internal/testenv":             nil,
+	"internal/harness":             {"internal/testenv", "tpmdev"},
+	"tpmdev/tpmtest":               {"internal/harness", "internal/testenv", "tpmdev"},
 	"tpmdev/authblob/softtpm":      nil,
 	"daemon/x509cred/x509credtest": nil,
 	"daemon/localapi/localapitest": {"daemon/apitype", "daemon/localapi"},
@@ -155,7 +161,7 @@ var allowedImports = map[string][]string{
 	"daemon/hub/hubemu/hubtest":    {"daemon/hub/hubemu", "daemon/sas"},
 	"daemon/dps/dpsemu":            {"daemon/atomicfile", "daemon/dps", "daemon/hub/hubemu", "daemon/sas", "tpmdev/authblob"},
 	"cmd/dpsemu":                   {"daemon/dps/dpsemu"},
-	"scripts/bench":                {"daemon/apitype"},
+	"scripts/bench":                {"daemon/apitype", "internal/harness", "internal/testenv"},
 	"scripts/vmtest":               {"daemon/apitype"},
 }
 
