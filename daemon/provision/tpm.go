@@ -16,6 +16,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/enroll"
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
@@ -214,11 +215,7 @@ func (e *Engine) ensureEK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmdev
 		if aerr != nil {
 			return ek, aerr
 		}
-		template := tpmdev.EKTemplateTCG
-		if e.cfg.TPM.EKTemplate == config.EKTemplateAzureSDK {
-			template = tpmdev.EKTemplateAzureSDK
-		}
-		ek, err = dev.EnsureEK(ctx, template, k.endorsementAuth, owner)
+		ek, err = dev.EnsureEK(ctx, enroll.Template(e.cfg.TPM.EKTemplate), k.endorsementAuth, owner)
 	}
 	if errors.Is(err, tpmdev.ErrForeignObject) {
 		return ek, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
