@@ -242,6 +242,19 @@ func (d *Device) sessionOptions(t transport.TPM, enc encryption) ([]tpm2.AuthOpt
 	return opts, nil
 }
 
+// PrepareTokens does ahead of the first token what it would otherwise pay
+// for: starting the session tokens reuse (keptSession) and reading the
+// TPM's input buffer size. It does nothing twice.
+func (d *Device) PrepareTokens(ctx context.Context) error {
+	return d.do(ctx, "preparing token signing", func(t transport.TPM) error {
+		if _, err := d.inputBufferSize(t); err != nil {
+			return err
+		}
+		_, err := d.keptSession(t)
+		return err
+	})
+}
+
 // keptSession is the salted, encrypting (both ways) session that
 // authorizes TPM2_HMAC with an empty-auth key: started at the first
 // token and kept (continueSession) until Close or a failure, so that a

@@ -222,6 +222,33 @@ func TestKeptSessionLostIsReplaced(t *testing.T) {
 	})
 }
 
+// TestPrepareTokens: prepared ahead, the first token sends nothing but
+// Load, HMAC and FlushContext.
+func TestPrepareTokens(t *testing.T) {
+	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, _ func()) {
+		ctx := context.Background()
+		ek, srk := provision(t, dev)
+		key := randomBytes(t, 32)
+		wk := importKey(t, dev, ek, srk, key)
+		if err := dev.PrepareTokens(ctx); err != nil {
+			t.Fatal(err)
+		}
+		before := dev.Stats()
+		data := []byte("resource\n1700000000")
+		mac, err := dev.HMAC(ctx, wk, data)
+		if err != nil || !bytes.Equal(mac, goHMAC(key, data)) {
+			t.Fatalf("HMAC: %v", err)
+		}
+		after := dev.Stats()
+		if n := after.Total - before.Total; n != 3 {
+			t.Errorf("the first token took %d TPM commands, want 3 (Load, HMAC, FlushContext)", n)
+		}
+		if s := after.ByCommand["StartAuthSession"].Count - before.ByCommand["StartAuthSession"].Count; s != 0 {
+			t.Errorf("the first token started %d sessions, want 0", s)
+		}
+	})
+}
+
 // TestOwnerAuthWithZeroBytes: an owner auth is any byte string, and a
 // random one has a zero byte somewhere about one time in nine. The TPM
 // drops only the trailing zeros; every command that proves the auth in an
