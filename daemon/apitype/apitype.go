@@ -82,12 +82,25 @@ type TPMStatus struct {
 // assigned IoT Hub.
 type HubStatus struct {
 	CheckedAt *time.Time `json:"checkedAt"`
-	// Result is "ok", "rejected", "unreachable" or empty (never checked).
-	Result string `json:"result,omitempty"`
-	Error  string `json:"error,omitempty"`
+	// Result is empty while the credential was never checked.
+	Result HubResult `json:"result,omitempty"`
+	Error  string    `json:"error,omitempty"`
 	// Connected is true while a stay_connected session is up.
 	Connected bool `json:"connected,omitempty"`
 }
+
+// HubResult is the outcome of the last check against the hub.
+type HubResult string
+
+// The hub results.
+const (
+	// HubOK: the hub accepted the credential.
+	HubOK HubResult = "ok"
+	// HubRejected: the hub refused the credential (CONNACK 2, 4 or 5).
+	HubRejected HubResult = "rejected"
+	// HubUnreachable: the hub could not be reached to ask.
+	HubUnreachable HubResult = "unreachable"
+)
 
 // EnrollInfo is the body of GET /v1/enroll-info: what an operator types into
 // a DPS individual enrollment.

@@ -44,7 +44,7 @@ var statusFixtures = map[string]apitype.Status{
 		ProvisionedAt: at(-2 * time.Hour), Attempts: 1,
 		TPM: apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e8a7d6f4e3c2b1a0998877665544332211ffeeddccbbaa99887766554",
 			SRKName: "000b8f3c5a1e2d4b6c7a8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678", OwnerAuthSet: true, Commands: 12},
-		Hub:     apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: "ok"},
+		Hub:     apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: apitype.HubOK},
 		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"failed": {
@@ -75,7 +75,7 @@ var statusFixtures = map[string]apitype.Status{
 		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-26 * time.Hour), Attempts: 2,
 		TPM:     apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, Commands: 25},
-		Hub:     apitype.HubStatus{CheckedAt: at(-26 * time.Hour), Result: "ok"},
+		Hub:     apitype.HubStatus{CheckedAt: at(-26 * time.Hour), Result: apitype.HubOK},
 		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"reregistration-failed": {
@@ -93,7 +93,7 @@ var statusFixtures = map[string]apitype.Status{
 		AssignedHub: "hub-2.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-30 * time.Second), Attempts: 1,
 		TPM: apitype.TPMStatus{Device: "/dev/tpm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, InLockout: true, Commands: 40},
-		Hub: apitype.HubStatus{CheckedAt: at(-10 * time.Second), Result: "rejected", Error: "CONNACK 5: not authorized"},
+		Hub: apitype.HubStatus{CheckedAt: at(-10 * time.Second), Result: apitype.HubRejected, Error: "CONNACK 5: not authorized"},
 	},
 }
 

@@ -158,8 +158,8 @@ func headline(st apitype.Status, now time.Time) string {
 	switch st.State {
 	case apitype.StateProvisioned:
 		s := fmt.Sprintf("Provisioned: device %s on %s", orDash(st.DeviceID), orDash(st.AssignedHub))
-		if st.Hub.Result != "" && st.Hub.Result != "ok" {
-			s += " (hub check: " + st.Hub.Result + ")"
+		if st.Hub.Result != "" && st.Hub.Result != apitype.HubOK {
+			s += " (hub check: " + string(st.Hub.Result) + ")"
 		}
 		return s
 	case apitype.StateFailed, apitype.StateDisabled:
@@ -215,7 +215,7 @@ func statusHint(st apitype.Status) string {
 	if st.TPM.InLockout {
 		return "The TPM is in dictionary-attack lockout: wait for it to recover or clear it as the owner."
 	}
-	if st.Hub.Result == "rejected" {
+	if st.Hub.Result == apitype.HubRejected {
 		return "The hub refused the credential: the daemon provisions again; dpsd check for details."
 	}
 	return ""
@@ -225,7 +225,7 @@ func hubCheck(h apitype.HubStatus, now time.Time) string {
 	if h.Result == "" {
 		return "not checked yet"
 	}
-	s := h.Result
+	s := string(h.Result)
 	if h.CheckedAt != nil {
 		s += ", " + relative(*h.CheckedAt, now)
 	}

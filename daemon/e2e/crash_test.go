@@ -60,7 +60,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 			s := d.waitProvisioned()
 			consistent(t, d)
 			s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-			if s.Hub.Result != "ok" {
+			if s.Hub.Result != apitype.HubOK {
 				t.Errorf("the hub does not accept the converged identity: %+v", s.Hub)
 			}
 		})

@@ -41,7 +41,7 @@ func TestFirstBootThenWarmRestart(t *testing.T) {
 	// The hub accepted a CONNECT signed in the TPM: the daemon's check
 	// reported its twin properties, which only a connected device can do.
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Fatalf("hub check: %+v", s.Hub)
 	}
 	var hd hubDevice

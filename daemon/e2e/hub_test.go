@@ -134,7 +134,7 @@ func TestHubUnreachable(t *testing.T) {
 	closed := freeAddr(t)
 	emu, d, s := provisioned(t, "[hub]\nendpoint_override = \""+closed+"\"\n")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "unreachable" || s.State != apitype.StateProvisioned {
+	if s.Hub.Result != apitype.HubUnreachable || s.State != apitype.StateProvisioned {
 		t.Errorf("hub unreachable: state %s, hub %+v", s.State, s.Hub)
 	}
 	if n := registrations(t, emu, s.RegistrationID); n != 1 {
@@ -192,7 +192,7 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 			d := newDevice(t, emu, "")
 			info := d.enroll(nil)
 			d.start()
-			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == apitype.HubOK })
 			d.stop()
 
 			// A second emulator's hub: same host names, no such device.
@@ -222,7 +222,7 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 			s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool {
 				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "still refuses")
 			})
-			if s.Hub.Result != "rejected" {
+			if s.Hub.Result != apitype.HubRejected {
 				t.Errorf("hub %+v, want rejected", s.Hub)
 			}
 			if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {

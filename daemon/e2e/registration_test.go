@@ -15,7 +15,7 @@ import (
 func TestWarmRestartsDoNotConnect(t *testing.T) {
 	emu, d, s := provisioned(t, "")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Fatalf("hub check: %+v", s.Hub)
 	}
 	acc, _ := d.record()["hubAccepted"].(map[string]any)
@@ -30,7 +30,7 @@ func TestWarmRestartsDoNotConnect(t *testing.T) {
 		w := d.waitFor("provisioned with the hub's recorded answer", func(s apitype.Status) bool {
 			return s.State == apitype.StateProvisioned && s.Hub.Result != ""
 		})
-		if w.Hub.Result != "ok" || w.Hub.CheckedAt == nil || w.Reason != s.Reason {
+		if w.Hub.Result != apitype.HubOK || w.Hub.CheckedAt == nil || w.Reason != s.Reason {
 			t.Errorf("restart %d: status %+v, want provisioned as before with hub ok", i+1, w)
 		}
 	}
@@ -74,13 +74,13 @@ func TestReplacedKeyUnusable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			emu, d, _ := provisioned(t, "")
-			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == apitype.HubOK })
 			emu.faults(map[string]any{tc.fault: true})
 			reprovision(t, d)
 			s := d.waitFor("the failed registration", func(s apitype.Status) bool {
 				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
 			})
-			if s.Hub.Result == "ok" {
+			if s.Hub.Result == apitype.HubOK {
 				t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
 			}
 			if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
@@ -90,7 +90,7 @@ func TestReplacedKeyUnusable(t *testing.T) {
 			emu.faults(map[string]any{})
 			reprovision(t, d)
 			d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+				return s.State == apitype.StateProvisioned && s.Hub.Result == apitype.HubOK
 			})
 			tok := d.token()
 			if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {

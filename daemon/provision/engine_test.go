@@ -97,7 +97,7 @@ func (e *running) until(t *testing.T, what string, cond func(apitype.Status) boo
 }
 
 func isProvisioned(s apitype.Status) bool {
-	return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+	return s.State == apitype.StateProvisioned && s.Hub.Result == apitype.HubOK
 }
 
 // TestEngineRestarts: a first boot registers and proves the identity with
