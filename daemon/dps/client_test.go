@@ -255,7 +255,7 @@ func compact(t *testing.T, raw json.RawMessage) string {
 func TestFinalStatuses(t *testing.T) {
 	tests := []struct {
 		reply     string
-		status    string
+		status    Status
 		errorCode int
 	}{
 		{"poll-200-failed", StatusFailed, 400209},

@@ -28,7 +28,7 @@ func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, e
 		return apitype.Token{}, errClockUnset
 	}
 	expiry := e.now().Add(ttl).Truncate(time.Second)
-	tok, err := sas.New(ctx, id.hub+"/devices/"+id.deviceID, expiry, "", e.signer(e.device(), id.key))
+	tok, err := sas.New(ctx, sas.DeviceResource(id.hub, id.deviceID), expiry, "", e.signer(e.device(), id.key))
 	if errors.Is(err, tpmdev.ErrKeyInvalidated) {
 		// The signer woke the engine, which registers again.
 		return apitype.Token{}, e.noIdentity(keyNoLongerLoads)

@@ -58,7 +58,7 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 	if err != nil {
 		return fmt.Errorf("activating the challenge: %w", err)
 	}
-	token, err := sas.New(ctx, e.cfg.Provisioning.IDScope+"/registrations/"+regID,
+	token, err := sas.New(ctx, sas.RegistrationResource(e.cfg.Provisioning.IDScope, regID),
 		e.now().Add(registrationTokenTTL), ch.KeyName, e.signer(dev, challengeKey))
 	if err != nil {
 		return fmt.Errorf("signing the registration token in the TPM: %w", err)
