@@ -126,18 +126,19 @@ var allowedImports = map[string][]string{
 	"daemon/sdnotify":   nil,
 	"daemon/version":    nil,
 	"tpmdev/authblob":   nil,
+	"tpmdev/tpmhandle":  nil,
 	"contrib/systemd":   nil, // unit-file tests only
 	"daemon/e2e":        nil, // tests only; they run the binaries
 
-	"daemon/config":    {"daemon/filelimit"},
+	"daemon/config":    {"daemon/filelimit", "tpmdev/tpmhandle"},
 	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
 	"daemon/hub":       {"daemon/sas"},
 	"daemon/localapi":  {"daemon/apitype"},
 	"daemon/client":    {"daemon/apitype"},
-	"tpmdev":           {"tpmdev/authblob"},
-	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev"},
-	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
+	"tpmdev":           {"tpmdev/authblob", "tpmdev/tpmhandle"},
+	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev", "tpmdev/tpmhandle"},
+	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
 	"daemon/cli": {"daemon/apitype", "daemon/check", "daemon/client", "daemon/config", "daemon/dps", "daemon/state", "daemon/version", "tpmdev"},

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // tables are the top-level tables a file may hold.
@@ -88,7 +90,7 @@ var specs = map[string]spec{
 	"tpm.check_interval": duration(func(c *Config) *time.Duration { return &c.TPM.CheckInterval },
 		time.Second, 24*time.Hour),
 	"tpm.identity_handle": text(func(c *Config, s string) (err error) {
-		c.TPM.IdentityHandle, err = persistentHandle(s)
+		c.TPM.IdentityHandle, err = identityHandle(s)
 		return err
 	}),
 
@@ -432,33 +434,20 @@ func optionalAbsPath(s string) (string, error) {
 	return absPath(s)
 }
 
-// The persistent handles dpsd itself uses (TCG "Registry of Reserved TPM 2.0
-// Handles and Localities", 2.3.1): the identity key must not land on them.
-const (
-	srkHandle = 0x81000001
-	ekHandle  = 0x81010001
-)
-
-// persistentHandle checks identity_handle: "" (none) or a hex handle that
-// the owner may make persistent, which TPM 2.0 Part 3 (EvictControl)
-// limits to 0x81000000..0x817FFFFF (the rest of 0x81 is the platform's).
-// It returns the handle as "0x" and eight lowercase hex digits.
-func persistentHandle(s string) (string, error) {
+// identityHandle checks identity_handle: "" (none) or a handle the owner
+// may make persistent that is not one dpsd itself uses.
+func identityHandle(s string) (tpmhandle.Handle, error) {
 	if s == "" {
-		return "", nil
+		return 0, nil
 	}
-	hexDigits, ok := strings.CutPrefix(strings.ToLower(s), "0x")
-	n, err := strconv.ParseUint(hexDigits, 16, 32)
-	if !ok || err != nil {
-		return "", fmt.Errorf("%q is not a hex handle such as \"0x81000100\"", s)
-	}
+	h, err := tpmhandle.Parse(s)
 	switch {
-	case n < 0x81000000 || n > 0x817FFFFF:
-		return "", fmt.Errorf("%q is outside the owner's persistent range 0x81000000..0x817FFFFF", s)
-	case n == srkHandle:
-		return "", fmt.Errorf("%q is the SRK's handle", s)
-	case n == ekHandle:
-		return "", fmt.Errorf("%q is the EK's handle", s)
+	case err != nil:
+		return 0, err
+	case h == tpmhandle.SRK:
+		return 0, fmt.Errorf("%q is the SRK's handle", s)
+	case h == tpmhandle.EK:
+		return 0, fmt.Errorf("%q is the EK's handle", s)
 	}
-	return fmt.Sprintf("0x%08x", n), nil
+	return h, nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // Options wire an Engine. Config, Store, OpenTPM, DPS and Log are required.
@@ -229,7 +230,7 @@ func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.State, rea
 	if rec.SRKName != "" && rec.SRKName != fp.srkName {
 		// The identity died with the old SRK, whatever the reason for this
 		// round: no token may be tried with it any more.
-		e.ids.drop("the SRK at 0x81000001 changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
+		e.ids.drop("the SRK at " + tpmhandle.SRK.String() + " changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
 	}
 	switch {
 	case reason == "":

@@ -14,6 +14,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // DPS is the part of the DPS client the engine uses.
@@ -215,7 +216,7 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 	if err := e.rec.adopt(next, raw); err != nil {
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
-	if h := e.cfg.TPM.IdentityHandle; h != "" {
+	if h := e.cfg.TPM.IdentityHandle; h != 0 {
 		if err := e.persistIdentity(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
 			e.log.Error("persisting the identity key for other apps failed", "handle", h, "err", err)
@@ -233,12 +234,12 @@ func (e *Engine) pendingAfterCommit() apitype.Reason {
 
 // persistIdentity makes the identity key persistent at handle, for other
 // SDK apps.
-func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
+func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle tpmhandle.Handle) error {
 	owner, err := keys.ownerAuth(ctx)
 	if err != nil {
 		return err
 	}
-	return dev.PersistAt(ctx, key, handle, owner)
+	return dev.Persist(ctx, key, handle, owner)
 }
 
 // signer signs with key inside the TPM.

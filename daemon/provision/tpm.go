@@ -20,6 +20,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // tpmKeys is what setupTPM establishes: the EK and SRK publics and the
@@ -68,8 +69,8 @@ type tpmDevice interface {
 	// Import activates the challenge of a DPS authenticationKey blob and
 	// imports the key it wraps under the SRK.
 	Import(ctx context.Context, blob, endorsementAuth []byte) (*tpmdev.WrappedKey, error)
-	// PersistAt makes k persistent at handle ("0x8100...") for other apps.
-	PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error
+	// Persist makes k persistent at a handle for other apps.
+	Persist(ctx context.Context, k *tpmdev.WrappedKey, at tpmhandle.Handle, ownerAuth []byte) error
 }
 
 // device is a *tpmdev.Device as the engine uses it.
@@ -81,14 +82,6 @@ func (d device) Import(ctx context.Context, raw, endorsementAuth []byte) (*tpmde
 		return nil, permanent{fmt.Errorf("DPS sent a malformed authenticationKey: %w", err)}
 	}
 	return d.ActivateAndImport(ctx, b, endorsementAuth)
-}
-
-func (d device) PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error {
-	h, err := tpmdev.ParseHandle(handle)
-	if err != nil {
-		return err
-	}
-	return d.Persist(ctx, k, h, ownerAuth)
 }
 
 // tpmSlot is the open TPM and what the status API reads of it.
@@ -177,7 +170,7 @@ func (e *Engine) setupTPM(ctx context.Context, dev tpmDevice, expectEK string) (
 	case err == nil:
 		return k, nil
 	case errors.Is(err, tpmdev.ErrForeignObject):
-		return k, permanent{fmt.Errorf("0x81000001 holds a key that is not the standard SRK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81000001) or clear the TPM: %w", err)}
+		return k, permanent{fmt.Errorf("%v holds a key that is not the standard SRK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c %[1]v) or clear the TPM: %w", tpmhandle.SRK, err)}
 	case !errors.Is(err, tpmdev.ErrNotFound):
 		return k, fmt.Errorf("reading the SRK: %w", err)
 	}
@@ -221,7 +214,7 @@ func (e *Engine) ensureEK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmdev
 		ek, err = dev.EnsureEK(ctx, template, k.endorsementAuth, owner)
 	}
 	if errors.Is(err, tpmdev.ErrForeignObject) {
-		return ek, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
+		return ek, permanent{fmt.Errorf("%v holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c %[1]v) or clear the TPM: %w", tpmhandle.EK, err)}
 	}
 	if err != nil {
 		return ek, fmt.Errorf("ensuring the EK: %w", err)
