@@ -120,6 +120,7 @@ var allowedImports = map[string][]string{
 	// The leaves: no project package.
 	"daemon/apitype":    nil,
 	"daemon/atomicfile": nil,
+	"daemon/backoff":    nil,
 	"daemon/filelimit":  nil,
 	"daemon/x509cred":   nil,
 	"daemon/sas":        nil,
@@ -133,12 +134,12 @@ var allowedImports = map[string][]string{
 	"daemon/config":    {"daemon/filelimit", "tpmdev/tpmhandle"},
 	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
-	"daemon/hub":       {"daemon/sas"},
+	"daemon/hub":       {"daemon/backoff", "daemon/sas"},
 	"daemon/localapi":  {"daemon/apitype"},
 	"daemon/client":    {"daemon/apitype"},
 	"tpmdev":           {"tpmdev/authblob", "tpmdev/tpmhandle"},
 	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev", "tpmdev/tpmhandle"},
-	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
+	"daemon/provision": {"daemon/apitype", "daemon/backoff", "daemon/config", "daemon/dps", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
 	"daemon/cli": {"daemon/apitype", "daemon/check", "daemon/client", "daemon/config", "daemon/dps", "daemon/state", "daemon/version", "tpmdev"},

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/backoff"
 	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/daemon/state"
@@ -114,12 +115,15 @@ func (e *Engine) device() tpmDevice {
 	return dev
 }
 
+// tpmWait spaces the tries to open a TPM device that is not there yet; no
+// jitter, as it is local.
+var tpmWait = backoff.Policy{Base: time.Second, Max: 30 * time.Second}
+
 // waitForTPM opens the TPM, waiting for a device that has not appeared yet
 // (udev may be late, a module may load later).
 func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
-	delay := time.Second
 	var last string
-	for {
+	for n := 1; ; n++ {
 		dev, err := e.openTPM()
 		if err == nil {
 			e.tpm.set(dev)
@@ -140,9 +144,8 @@ func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(delay):
+		case <-time.After(tpmWait.Ceiling(n)):
 		}
-		delay = min(2*delay, 30*time.Second)
 	}
 }
 
