@@ -169,7 +169,7 @@ func (b *backend) Check(ctx context.Context) apitype.CheckReport {
 		Config:      b.cfg,
 		IdentityKey: b.Engine.CheckIdentity,
 		AssignedHub: st.AssignedHub,
-		ServiceUser: "dpsd",
+		ServiceUser: apitype.ServiceUser,
 		BuildTime:   version.BuildTime(),
 	}
 	if rec, found, err := (state.Store{Dir: b.cfg.State.Dir}).Load(); err == nil && found {

@@ -131,7 +131,7 @@ var allowedImports = map[string][]string{
 	"contrib/systemd":   nil, // unit-file tests only
 	"daemon/e2e":        nil, // tests only; they run the binaries
 
-	"daemon/config":    {"daemon/filelimit", "tpmdev/tpmhandle"},
+	"daemon/config":    {"daemon/apitype", "daemon/dps", "daemon/filelimit", "tpmdev/tpmhandle"},
 	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
 	"daemon/hub":       {"daemon/backoff", "daemon/sas"},

@@ -137,6 +137,10 @@ type CheckReport struct {
 	Checks []Check `json:"checks"`
 }
 
+// DefaultMaxTokenTTL is the longest ttl POST /v1/token grants when
+// [token] max_ttl does not say otherwise.
+const DefaultMaxTokenTTL = 24 * time.Hour
+
 // Token is the body of POST /v1/token.
 type Token struct {
 	// SAS is the complete "SharedAccessSignature sr=…&sig=…&se=…" string.

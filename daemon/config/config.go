@@ -17,6 +17,8 @@ import (
 	"encoding/hex"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
@@ -174,8 +176,8 @@ type State struct {
 func Default() *Config {
 	return &Config{
 		Provisioning: Provisioning{
-			GlobalEndpoint: "https://global.azure-devices-provisioning.net",
-			APIVersion:     "2021-06-01",
+			GlobalEndpoint: dps.DefaultEndpoint,
+			APIVersion:     dps.DefaultAPIVersion,
 		},
 		TPM: TPM{
 			Device:        "auto",
@@ -190,10 +192,10 @@ func Default() *Config {
 		},
 		Token: Token{
 			Allow:  []string{},
-			MaxTTL: 24 * time.Hour,
+			MaxTTL: apitype.DefaultMaxTokenTTL,
 		},
 		Network: Network{
-			Timeout: 30 * time.Second,
+			Timeout: dps.DefaultTimeout,
 		},
 		Status: Status{
 			Socket: "/run/dpsd/status.sock",
