@@ -132,7 +132,7 @@ var allowedImports = map[string][]string{
 	"daemon/e2e":        nil, // tests only; they run the binaries
 
 	"daemon/config":    {"daemon/apitype", "daemon/dps", "daemon/filelimit", "tpmdev/tpmhandle"},
-	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
+	"daemon/state":     {"daemon/apitype", "daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
 	"daemon/hub":       {"daemon/backoff", "daemon/sas"},
 	"daemon/localapi":  {"daemon/apitype"},

@@ -164,7 +164,7 @@ func TestEngineRequest(t *testing.T) {
 	e.until(t, "the request to fail", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
 	_ = e.stop()
 	rec, _, err := (&state.Store{Dir: r.cfg.State.Dir}).Load()
-	if err != nil || rec.PendingReason != string(apitype.ReasonRequested) {
+	if err != nil || rec.PendingReason != apitype.ReasonRequested {
 		t.Fatalf("pending reason %q (%v), want requested", rec.PendingReason, err)
 	}
 

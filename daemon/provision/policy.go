@@ -39,7 +39,7 @@ type policy struct {
 // technician asked for, or one sent to DPS, that had not completed when
 // the daemon stopped.
 func newPolicy(rec state.State, retry Retry, checkInterval time.Duration) policy {
-	return policy{retry: retry, checkInterval: checkInterval, reason: apitype.Reason(rec.PendingReason)}
+	return policy{retry: retry, checkInterval: checkInterval, reason: rec.PendingReason}
 }
 
 // round is what one round of Run does.

@@ -100,7 +100,7 @@ func facts(srk, cfg string, key keyCheck) tpmFacts {
 
 func need(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
 
-func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = string(r); return s }
+func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = r; return s }
 
 // policyCase is one rule at work: what the policy decided, and what it
 // should have.

@@ -37,7 +37,7 @@ func (e *Engine) loadRecord() state.State {
 		s.RegistrationID = rec.RegistrationID
 		s.AssignedHub = rec.AssignedHub
 		s.DeviceID = rec.DeviceID
-		s.Reason = apitype.Reason(rec.Reason)
+		s.Reason = rec.Reason
 		if !rec.ProvisionedAt.IsZero() {
 			t := rec.ProvisionedAt
 			s.ProvisionedAt = &t

@@ -148,7 +148,7 @@ func (e *Engine) prepareSwitch(reason apitype.Reason) error {
 		return fmt.Errorf("the state directory cannot keep a new identity, so dpsd does not ask DPS for one: %w", err)
 	}
 	err := e.rec.change(func(r *state.State) {
-		r.PendingReason = string(stronger(apitype.Reason(r.PendingReason), reason))
+		r.PendingReason = stronger(r.PendingReason, reason)
 		r.HubAccepted = nil
 	})
 	if err != nil {
@@ -197,12 +197,12 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 		EKDigest:          fp.ekDigest,
 		SRKName:           fp.srkName,
 		ProvisionedAt:     e.now().UTC().Truncate(time.Second),
-		Reason:            string(reason),
+		Reason:            reason,
 		ConfigFingerprint: e.cfg.ProvisioningFingerprint(),
 		IdentityDigest:    digest(raw),
 		Version:           version.Version,
 		OwnerAuthSealed:   e.ownerAuthSealed(&prev, fp.srkName),
-		PendingReason:     string(e.pendingAfterCommit()),
+		PendingReason:     e.pendingAfterCommit(),
 	}
 	e.ids.set(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
 	e.update(func(s *apitype.Status) {

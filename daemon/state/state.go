@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
@@ -98,9 +99,9 @@ type State struct {
 	// ProvisionedAt is when DPS last said `assigned`; written by the
 	// engine, shown in status. Save stores it in UTC.
 	ProvisionedAt time.Time `json:"provisionedAt,omitzero"`
-	// Reason is why the last registration happened (an apitype.Reason);
+	// Reason is why the last registration happened;
 	// written by the engine, shown in status.
-	Reason string `json:"reason,omitempty"`
+	Reason apitype.Reason `json:"reason,omitempty"`
 	// ConfigFingerprint is config.ProvisioningFingerprint() at
 	// registration; read at start by the engine: a different one means
 	// reason config-changed.
@@ -115,12 +116,12 @@ type State struct {
 	// TPM someone else owns.
 	OwnerAuthSealed bool `json:"ownerAuthSealed,omitempty"`
 	// PendingReason is why a registration is due that has not completed
-	// (an apitype.Reason). Written by the engine when a technician asks
+	// (as in status). Written by the engine when a technician asks
 	// (before the request is answered) and before each authenticated
 	// registration, since DPS may replace the hub key from then on; the
 	// record a completed registration writes clears it. Read at start: a
 	// set reason resumes the registration.
-	PendingReason string `json:"pendingReason,omitempty"`
+	PendingReason apitype.Reason `json:"pendingReason,omitempty"`
 	// HubAccepted says that the assigned hub accepted the identity this
 	// record names; nil when it has not (yet), or refused it since.
 	// Written by the engine after a hub check or session; read at start,
