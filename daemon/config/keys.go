@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
@@ -41,7 +42,7 @@ var specs = map[string]spec{
 		return nil
 	}),
 	"provisioning.registration_id": text(func(c *Config, s string) error {
-		if s != "" && !validRegistrationID(s) {
+		if s != "" && dps.ValidRegistrationID(s) != nil {
 			return fmt.Errorf("%q is not a DPS registration ID (at most 128 letters, digits and : . _ -, "+
 				"starting and ending with a letter or digit)", s)
 		}
@@ -278,13 +279,6 @@ func shortDuration(d time.Duration) string {
 // validIDScope: 1 to 64 letters and digits.
 func validIDScope(s string) bool {
 	return len(s) >= 1 && len(s) <= 64 && all(s, isAlnum)
-}
-
-// validRegistrationID: DPS allows at most 128 of [A-Za-z0-9:._-], no special
-// character first or last (dps-tpm-protocol.md §3).
-func validRegistrationID(s string) bool {
-	return len(s) >= 1 && len(s) <= 128 && isAlnum(s[0]) && isAlnum(s[len(s)-1]) &&
-		all(s, func(c byte) bool { return isAlnum(c) || strings.IndexByte(":._-", c) >= 0 })
 }
 
 // validAPIVersion: YYYY-MM-DD, optionally with -preview.
