@@ -213,7 +213,7 @@ func (e *Engine) converge(ctx context.Context, dev tpmDevice, reason apitype.Rea
 
 // settle sets the TPM up and decides the round's registration reason:
 // the forced one, or what comparing the device with the record finds.
-func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.State, reason apitype.Reason, first bool) (tpmKeys, apitype.Reason, error) {
+func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.Record, reason apitype.Reason, first bool) (tpmKeys, apitype.Reason, error) {
 	// Unless a technician asks (having enrolled a new TPM), a TPM whose EK
 	// is not the recorded one is left alone.
 	keys, err := e.setupTPM(ctx, dev, expectedEK(rec, reason))

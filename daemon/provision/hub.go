@@ -133,7 +133,7 @@ func (e *Engine) noteHubAccepted(id *identity) {
 		return
 	}
 	at := e.now().UTC().Truncate(time.Second)
-	err := e.rec.changeIf(func(r *state.State) bool {
+	err := e.rec.changeIf(func(r *state.Record) bool {
 		if hubAccepted(r.HubAccepted, id) || r.AssignedHub != id.hub || r.DeviceID != id.deviceID {
 			return false
 		}
@@ -148,7 +148,7 @@ func (e *Engine) noteHubAccepted(id *identity) {
 // noteHubRejected forgets a recorded acceptance: the next start checks
 // with the hub again.
 func (e *Engine) noteHubRejected() {
-	err := e.rec.changeIf(func(r *state.State) bool {
+	err := e.rec.changeIf(func(r *state.Record) bool {
 		had := r.HubAccepted != nil
 		r.HubAccepted = nil
 		return had
@@ -250,7 +250,7 @@ func (e *Engine) hubConfig(id *identity) hub.Config {
 
 // reported is the twin's reported "dpsd" section: enough for an operator
 // to see from the cloud how and why the device was provisioned.
-func (e *Engine) reported(rec state.State) map[string]any {
+func (e *Engine) reported(rec state.Record) map[string]any {
 	if !e.cfg.Hub.ReportTwin {
 		return nil
 	}

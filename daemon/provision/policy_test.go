@@ -33,7 +33,7 @@ type step func(policy) (policy, any)
 
 // play runs a scenario from a start with record rec and returns the last
 // decision.
-func play(rec state.State, steps ...step) any {
+func play(rec state.Record, steps ...step) any {
 	p := newPolicy(rec, testRetry, checkEvery)
 	var got any
 	for _, s := range steps {
@@ -80,13 +80,13 @@ func failed(wait time.Duration, st apitype.State) next {
 
 // Facts the cases share.
 var (
-	provisioned = state.State{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
+	provisioned = state.Record{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
 	testKey     = &tpmdev.WrappedKey{Public: []byte("public")}
 	testID      = &identity{key: testKey, hub: "hub.example", deviceID: "dev"}
 	acc         = &state.HubAcceptance{KeyDigest: keyDigest(testKey), Hub: "hub.example", DeviceID: "dev"}
 	otherKey    = &state.HubAcceptance{KeyDigest: "other", Hub: "hub.example", DeviceID: "dev"}
 	staged      = []byte("staged key")
-	naming      = state.State{RegistrationID: "reg", IdentityDigest: digest(staged)}
+	naming      = state.Record{RegistrationID: "reg", IdentityDigest: digest(staged)}
 	dpsDown     = &dps.Error{Err: errors.New("connection refused")}
 	// A hub rejection, its registration, and the hub refusing the new key.
 	rejectedTwice = []step{begin, hubRefuses, begin, succeed, hubRefuses}
@@ -100,7 +100,7 @@ func facts(srk, cfg string, key keyCheck) tpmFacts {
 
 func need(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
 
-func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = r; return s }
+func pending(r apitype.Reason) state.Record { s := provisioned; s.PendingReason = r; return s }
 
 // policyCase is one rule at work: what the policy decided, and what it
 // should have.
@@ -114,8 +114,8 @@ func casesStart() []policyCase {
 	return []policyCase{
 		// First boot.
 		{"first boot registers", need(tpmFacts{srkName: "srk", configFP: "cfg"}), "first-boot/false"},
-		{"first boot's round is the first", play(state.State{}, begin), round{first: true}},
-		{"provisioned: check_interval until the next look", play(state.State{}, begin, succeed), next{wait: checkEvery}},
+		{"first boot's round is the first", play(state.Record{}, begin), round{first: true}},
+		{"provisioned: check_interval until the next look", play(state.Record{}, begin, succeed), next{wait: checkEvery}},
 
 		// Warm start: nothing to do, nothing to connect to.
 		{"warm start tries the recorded key", need(facts("srk", "cfg", keyUntried)), "/true"},
@@ -207,34 +207,34 @@ func casesRequests() []policyCase {
 func casesFailures() []policyCase {
 	return []policyCase{
 		// DPS down, throttling, server errors.
-		{"DPS down: a quick first retry", play(state.State{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"DPS down: a quick first retry", play(state.Record{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 		{"DPS down: the backoff doubles",
-			play(state.State{}, begin, fail(dpsDown), begin, fail(dpsDown), begin, fail(dpsDown)), between{4 * time.Second, 8 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(dpsDown), begin, fail(dpsDown), begin, fail(dpsDown)), between{4 * time.Second, 8 * time.Second, apitype.StateFailed}},
 		{"DPS down: the backoff stops at ten minutes",
-			play(state.State{}, failTimes(dpsDown, 20)...), between{5 * time.Minute, 10 * time.Minute, apitype.StateFailed}},
+			play(state.Record{}, failTimes(dpsDown, 20)...), between{5 * time.Minute, 10 * time.Minute, apitype.StateFailed}},
 		{"429 waits its Retry-After",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 429, RetryAfter: 42 * time.Second})), failed(42*time.Second, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 429, RetryAfter: 42 * time.Second})), failed(42*time.Second, apitype.StateFailed)},
 		{"503's Retry-After is capped at ten minutes",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 503, RetryAfter: time.Hour})), failed(10*time.Minute, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 503, RetryAfter: time.Hour})), failed(10*time.Minute, apitype.StateFailed)},
 		{"500 without Retry-After backs off",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 500})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 500})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 		{"a success resets the backoff",
-			play(state.State{}, append(failTimes(dpsDown, 20), begin, succeed, begin, fail(dpsDown))...), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, append(failTimes(dpsDown, 20), begin, succeed, begin, fail(dpsDown))...), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 
 		// Permanent errors.
-		{"an unknown enrollment (401) waits half an hour", play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 401})), failed(perm, apitype.StateFailed)},
-		{"a disabled enrollment shows disabled", play(state.State{}, begin, fail(ErrDisabled)), failed(perm, apitype.StateDisabled)},
-		{"not DPS's protocol (a captive portal)", play(state.State{}, begin, fail(fmt.Errorf("x: %w", dps.ErrProtocol))), failed(perm, apitype.StateFailed)},
-		{"DPS failing the registration", play(state.State{}, begin, fail(permanent{errors.New("failed")})), failed(perm, apitype.StateFailed)},
-		{"a wrong hierarchy auth", play(state.State{}, begin, fail(tpmdev.ErrAuthFail)), failed(perm, apitype.StateFailed)},
+		{"an unknown enrollment (401) waits half an hour", play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 401})), failed(perm, apitype.StateFailed)},
+		{"a disabled enrollment shows disabled", play(state.Record{}, begin, fail(ErrDisabled)), failed(perm, apitype.StateDisabled)},
+		{"not DPS's protocol (a captive portal)", play(state.Record{}, begin, fail(fmt.Errorf("x: %w", dps.ErrProtocol))), failed(perm, apitype.StateFailed)},
+		{"DPS failing the registration", play(state.Record{}, begin, fail(permanent{errors.New("failed")})), failed(perm, apitype.StateFailed)},
+		{"a wrong hierarchy auth", play(state.Record{}, begin, fail(tpmdev.ErrAuthFail)), failed(perm, apitype.StateFailed)},
 		{"a refused poll (lost operation) starts over soon",
-			play(state.State{}, begin, fail(restart{&dps.Error{HTTPStatus: 404}})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
-		{"NV full waits half an hour", play(state.State{}, begin, fail(tpmdev.ErrNVFull)), failed(perm, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(restart{&dps.Error{HTTPStatus: 404}})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"NV full waits half an hour", play(state.Record{}, begin, fail(tpmdev.ErrNVFull)), failed(perm, apitype.StateFailed)},
 
 		// Permanent failures a technician fixes on the device: looked at every check_interval.
-		{"owned by someone else", play(state.State{}, begin, fail(ErrOwnedByOther)), failed(checkEvery, apitype.StateFailed)},
+		{"owned by someone else", play(state.Record{}, begin, fail(ErrOwnedByOther)), failed(checkEvery, apitype.StateFailed)},
 		{"a foreign key at dpsd's handle",
-			play(state.State{}, begin, fail(permanent{fmt.Errorf("x: %w", tpmdev.ErrForeignObject)})), failed(checkEvery, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(permanent{fmt.Errorf("x: %w", tpmdev.ErrForeignObject)})), failed(checkEvery, apitype.StateFailed)},
 		{"owner.auth deleted", play(provisioned, begin, fail(fmt.Errorf("x: %w", errOwnerAuthMissing))), failed(checkEvery, apitype.StateFailed)},
 
 		// The TPM and the clock.
@@ -250,12 +250,12 @@ func casesDisk() []policyCase {
 		{"nothing staged", interruptedSwitch(naming, true, nil), switchNone},
 		{"the record names the staged key: finish", interruptedSwitch(naming, true, staged), switchFinish},
 		{"no record names it: discard", interruptedSwitch(provisioned, true, staged), switchDiscard},
-		{"no record at all: discard", interruptedSwitch(state.State{}, false, staged), switchDiscard},
+		{"no record at all: discard", interruptedSwitch(state.Record{}, false, staged), switchDiscard},
 
 		// The assigned key the disk refused stays in memory.
-		{"a failed save is tried again soon", play(state.State{}, begin, saveFails()), saveSoon{}},
-		{"a failed save registers nothing", play(state.State{}, begin, saveFails(), begin), round{}},
-		{"a saved identity waits check_interval", play(state.State{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
+		{"a failed save is tried again soon", play(state.Record{}, begin, saveFails()), saveSoon{}},
+		{"a failed save registers nothing", play(state.Record{}, begin, saveFails(), begin), round{}},
+		{"a saved identity waits check_interval", play(state.Record{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
 	}
 }
 
@@ -268,7 +268,7 @@ func casesPoll() []policyCase {
 		{"never poll past the deadline", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, time.Second)), "1s true"},
 		{"the poll deadline passed", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, 0)), "0s false"},
 		{"a stuck assignment fails and backs off",
-			play(state.State{}, begin, fail(fmt.Errorf("%w: still assigning", errAssignTimeout))), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(fmt.Errorf("%w: still assigning", errAssignTimeout))), between{time.Second, 2 * time.Second, apitype.StateFailed}},
 		{"a request interrupts polling", interruptsPoll(requested), true},
 		{"a hub rejection does not", interruptsPoll(rejected), false},
 		{"nor does a re-check", interruptsPoll(""), false},

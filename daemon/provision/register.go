@@ -147,7 +147,7 @@ func (e *Engine) prepareSwitch(reason apitype.Reason) error {
 	if err := e.o.Store.CheckWritable(state.CommitSpace); err != nil {
 		return fmt.Errorf("the state directory cannot keep a new identity, so dpsd does not ask DPS for one: %w", err)
 	}
-	err := e.rec.change(func(r *state.State) {
+	err := e.rec.change(func(r *state.Record) {
 		r.PendingReason = stronger(r.PendingReason, reason)
 		r.HubAccepted = nil
 	})
@@ -189,7 +189,7 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 	}
 	fp := keys.fingerprint()
 	prev := e.rec.get()
-	next := state.State{
+	next := state.Record{
 		RegistrationID:    regID,
 		IDScope:           e.cfg.Provisioning.IDScope,
 		AssignedHub:       rs.AssignedHub,

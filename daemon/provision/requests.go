@@ -19,7 +19,7 @@ func (e *Engine) Reprovision(reason apitype.Reason) {
 	if reason == "" {
 		reason = apitype.ReasonRequested
 	}
-	err := e.rec.change(func(r *state.State) {
+	err := e.rec.change(func(r *state.Record) {
 		r.PendingReason = stronger(r.PendingReason, reason)
 	})
 	if err != nil {

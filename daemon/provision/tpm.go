@@ -364,7 +364,7 @@ func (e *Engine) readOwnership(ctx context.Context, dev tpmDevice) (tpmdev.Owner
 // sealed copy is in owner.auth, or the previous record prev said so and the
 // SRK, which a clear changes, is still srkName (a deleted owner.auth stays
 // on the record).
-func (e *Engine) ownerAuthSealed(prev *state.State, srkName string) bool {
+func (e *Engine) ownerAuthSealed(prev *state.Record, srkName string) bool {
 	if e.cfg.TPM.Ownership == config.OwnershipShared || !e.Status().TPM.OwnerAuthSet {
 		return false
 	}
