@@ -17,23 +17,23 @@ const SocketHost = "local-dpsd"
 // Clients trust a status socket served by it or by root.
 const ServiceUser = "dpsd"
 
-// State is the daemon's provisioning phase.
-type State string
+// Phase is the daemon's provisioning phase.
+type Phase string
 
 // The phases, in the order a first boot walks through them, then the
 // resting states.
 const (
-	StateStarting        State = "starting"
-	StateWaitingForTPM   State = "waiting-for-tpm"
-	StateWaitingForTime  State = "waiting-for-time"
-	StateTakingOwnership State = "taking-ownership"
-	StateRegistering     State = "registering"
-	StateAssigning       State = "assigning"
-	StateProvisioned     State = "provisioned"
-	// StateFailed: the last attempt failed; the daemon retries at NextAttemptAt.
-	StateFailed State = "failed"
-	// StateDisabled: DPS says the enrollment is disabled; retried slowly.
-	StateDisabled State = "disabled"
+	PhaseStarting        Phase = "starting"
+	PhaseWaitingForTPM   Phase = "waiting-for-tpm"
+	PhaseWaitingForTime  Phase = "waiting-for-time"
+	PhaseTakingOwnership Phase = "taking-ownership"
+	PhaseRegistering     Phase = "registering"
+	PhaseAssigning       Phase = "assigning"
+	PhaseProvisioned     Phase = "provisioned"
+	// PhaseFailed: the last attempt failed; the daemon retries at NextAttemptAt.
+	PhaseFailed Phase = "failed"
+	// PhaseDisabled: DPS says the enrollment is disabled; retried slowly.
+	PhaseDisabled Phase = "disabled"
 )
 
 // Reason says why the current (or last) provisioning happened.
@@ -50,7 +50,7 @@ const (
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	State          State      `json:"state"`
+	State          Phase      `json:"state"`
 	Reason         Reason     `json:"reason,omitempty"`
 	RegistrationID string     `json:"registrationId,omitempty"`
 	IDScope        string     `json:"idScope,omitempty"`

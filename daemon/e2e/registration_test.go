@@ -28,7 +28,7 @@ func TestWarmRestartsDoNotConnect(t *testing.T) {
 		d.stop()
 		d.start()
 		w := d.waitFor("provisioned with the hub's recorded answer", func(s apitype.Status) bool {
-			return s.State == apitype.StateProvisioned && s.Hub.Result != ""
+			return s.State == apitype.PhaseProvisioned && s.Hub.Result != ""
 		})
 		if w.Hub.Result != apitype.HubOK || w.Hub.CheckedAt == nil || w.Reason != s.Reason {
 			t.Errorf("restart %d: status %+v, want provisioned as before with hub ok", i+1, w)
@@ -78,7 +78,7 @@ func TestReplacedKeyUnusable(t *testing.T) {
 			emu.faults(map[string]any{tc.fault: true})
 			reprovision(t, d)
 			s := d.waitFor("the failed registration", func(s apitype.Status) bool {
-				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
+				return s.State == apitype.PhaseFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
 			})
 			if s.Hub.Result == apitype.HubOK {
 				t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
@@ -90,7 +90,7 @@ func TestReplacedKeyUnusable(t *testing.T) {
 			emu.faults(map[string]any{})
 			reprovision(t, d)
 			d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.Hub.Result == apitype.HubOK
+				return s.State == apitype.PhaseProvisioned && s.Hub.Result == apitype.HubOK
 			})
 			tok := d.token()
 			if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
@@ -109,12 +109,12 @@ func TestFailingRequestAcrossRestart(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	d.stop()
 	before := emu.stats()["server_error"]
 	d.start()
 	d.waitFor("the request tried again", func(s apitype.Status) bool {
-		return s.State == apitype.StateFailed && s.Reason == apitype.ReasonRequested && emu.stats()["server_error"] > before
+		return s.State == apitype.PhaseFailed && s.Reason == apitype.ReasonRequested && emu.stats()["server_error"] > before
 	})
 	tok := d.token()
 	if tok.DeviceID != s.DeviceID {

@@ -56,12 +56,12 @@ func (e *Engine) noIdentity(why string) error {
 // stopped working.
 type identityLost struct {
 	why   string
-	state apitype.State
+	state apitype.Phase
 }
 
 func (l identityLost) Error() string {
 	now := ""
-	if l.state != apitype.StateProvisioned && l.state != "" {
+	if l.state != apitype.PhaseProvisioned && l.state != "" {
 		now = "now " + string(l.state) + "; "
 	}
 	return fmt.Sprintf("the device's hub key no longer works: %s; dpsd registers the device again by itself (%ssee dpsd status)", l.why, now)

@@ -101,7 +101,7 @@ func New(o Options) *Engine {
 		}
 		return device{dev}, nil
 	}
-	e.status.s = apitype.Status{State: apitype.StateStarting, Version: version.Version}
+	e.status.s = apitype.Status{State: apitype.PhaseStarting, Version: version.Version}
 	if o.Config != nil {
 		e.status.s.IDScope = o.Config.Provisioning.IDScope
 	}
@@ -195,7 +195,7 @@ func (e *Engine) converge(ctx context.Context, dev tpmDevice, reason apitype.Rea
 			// dated decades ago; the hub would refuse them.
 			return errClockUnset
 		}
-		e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+		e.setPhase(apitype.PhaseProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 		return nil
 	}
 	e.update(func(s *apitype.Status) { s.Reason = reason; s.Attempts++ })
@@ -207,7 +207,7 @@ func (e *Engine) converge(ctx context.Context, dev tpmDevice, reason apitype.Rea
 	rec = e.rec.get()
 	e.log.Info("registration finished", "reason", string(reason), "hub", rec.AssignedHub,
 		"device_id", rec.DeviceID, "took", e.o.Now().Sub(start).Round(time.Millisecond).String())
-	e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+	e.setPhase(apitype.PhaseProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 	return nil
 }
 

@@ -92,7 +92,7 @@ type next struct {
 	// backingOff: the wait follows a failure; a mere re-check does not cut
 	// it short (see cutsWait).
 	backingOff bool
-	state      apitype.State // the phase a failure shows
+	state      apitype.Phase // the phase a failure shows
 }
 
 // after decides what follows a round.
@@ -141,16 +141,16 @@ func (p policy) failWait(err error) time.Duration {
 }
 
 // failState is the phase a failure shows.
-func failState(err error) apitype.State {
+func failState(err error) apitype.Phase {
 	switch {
 	case errors.Is(err, ErrDisabled):
-		return apitype.StateDisabled
+		return apitype.PhaseDisabled
 	case errors.Is(err, errClockUnset):
-		return apitype.StateWaitingForTime
+		return apitype.PhaseWaitingForTime
 	case errors.Is(err, tpmdev.ErrUnreachable):
-		return apitype.StateWaitingForTPM
+		return apitype.PhaseWaitingForTPM
 	}
-	return apitype.StateFailed
+	return apitype.PhaseFailed
 }
 
 // woken takes a request that came while Run waited: a reason at least as

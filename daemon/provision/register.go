@@ -47,7 +47,7 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 		payload = json.RawMessage(e.cfg.Provisioning.Payload)
 	}
 
-	e.setPhase(apitype.StateRegistering, "registering with DPS as "+regID)
+	e.setPhase(apitype.PhaseRegistering, "registering with DPS as "+regID)
 	ch, err := e.o.DPS.Challenge(ctx, regID, keys.ek.Public, keys.srk.Public, payload)
 	if err != nil {
 		return fmt.Errorf("requesting the TPM challenge: %w", err)
@@ -114,7 +114,7 @@ func assigned(op *dps.Operation) (*dps.RegistrationState, error) {
 // awaitAssignment polls the operation until DPS has decided, within
 // Retry.Assign. A technician's request cuts it short (errRestartRequested).
 func (e *Engine) awaitAssignment(ctx context.Context, regID string, op *dps.Operation, token string) (*dps.Operation, error) {
-	e.setPhase(apitype.StateAssigning, "waiting for DPS to assign a hub")
+	e.setPhase(apitype.PhaseAssigning, "waiting for DPS to assign a hub")
 	deadline := time.Now().Add(e.o.Retry.Assign)
 	for op.Status == dps.StatusAssigning || op.Status == dps.StatusUnassigned {
 		wait, ok := pollDelay(op.RetryAfter, e.o.Retry.Max, time.Until(deadline))

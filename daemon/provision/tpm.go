@@ -135,7 +135,7 @@ func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 			msg += ": the service user needs the group that owns the device (tss on Debian, from the tpm-udev package)"
 		}
 		e.update(func(s *apitype.Status) { s.LastError = &msg })
-		e.setPhase(apitype.StateWaitingForTPM, "waiting for the TPM: "+msg)
+		e.setPhase(apitype.PhaseWaitingForTPM, "waiting for the TPM: "+msg)
 		if msg != last { // once per cause, not every retry
 			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", msg)
 			last = msg
@@ -246,7 +246,7 @@ func (e *Engine) createSRK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmKe
 	if own.OwnerAuthSet {
 		return k, ErrOwnedByOther
 	}
-	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM and creating the SRK")
+	e.setPhase(apitype.PhaseTakingOwnership, "taking ownership of the TPM and creating the SRK")
 	if k.srk, err = dev.EnsureSRK(ctx, nil); err != nil {
 		return k, fmt.Errorf("creating the SRK: %w", err)
 	}
@@ -344,7 +344,7 @@ func (e *Engine) ensureOwnership(ctx context.Context, dev tpmDevice) error {
 	if own.OwnerAuthSet || e.cfg.TPM.Ownership == config.OwnershipShared {
 		return nil
 	}
-	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
+	e.setPhase(apitype.PhaseTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
 	return e.takeOwnership(ctx, dev)
 }
 
