@@ -170,7 +170,7 @@ func (b *backend) Check(ctx context.Context) apitype.CheckReport {
 		Config:      b.cfg,
 		IdentityKey: b.Engine.CheckIdentity,
 		AssignedHub: st.AssignedHub,
-		ServiceUser: "dpsd",
+		ServiceUser: apitype.ServiceUser,
 		BuildTime:   version.BuildTime(),
 	}
 	if rec, found, err := (state.Store{Dir: b.cfg.State.Dir}).Load(); err == nil && found {
@@ -201,7 +201,7 @@ func openTPM(cfg *config.Config, log *slog.Logger) (*tpmdev.Device, error) {
 // app asks, which would otherwise wait for a salted session's setup (an RSA
 // decryption in the TPM, ~150 ms on a discrete one).
 func prepareTokens(ctx context.Context, be *backend, cfg *config.Config, log *slog.Logger) {
-	if len(cfg.Token.Allow) == 0 || be.Engine.Status().State != apitype.StateProvisioned {
+	if len(cfg.Token.Allow) == 0 || be.Engine.Status().State != apitype.PhaseProvisioned {
 		return
 	}
 	dev := be.Engine.TPM()

@@ -122,31 +122,33 @@ var allowedImports = map[string][]string{
 	// The leaves: no project package.
 	"daemon/apitype":    nil,
 	"daemon/atomicfile": nil,
+	"daemon/backoff":    nil,
 	"daemon/filelimit":  nil,
 	"daemon/x509cred":   nil,
 	"daemon/sas":        nil,
 	"daemon/sdnotify":   nil,
 	"daemon/version":    nil,
 	"tpmdev/authblob":   nil,
+	"tpmdev/tpmhandle":  nil,
 	"contrib/systemd":   nil, // unit-file tests only
 	"daemon/e2e":        nil, // tests only; they run the binaries
 
-	"daemon/config":    {"daemon/filelimit"},
-	"daemon/state":     {"daemon/atomicfile", "daemon/filelimit"},
+	"daemon/config":    {"daemon/apitype", "daemon/dps", "daemon/filelimit", "tpmdev/tpmhandle"},
+	"daemon/state":     {"daemon/apitype", "daemon/atomicfile", "daemon/filelimit"},
 	"daemon/dps":       {"daemon/version"},
-	"daemon/hub":       {"daemon/sas"},
+	"daemon/hub":       {"daemon/backoff", "daemon/sas"},
 	"daemon/localapi":  {"daemon/apitype"},
 	"daemon/client":    {"daemon/apitype"},
-	"tpmdev":           {"tpmdev/authblob"},
+	"tpmdev":           {"tpmdev/authblob", "tpmdev/tpmhandle"},
 	"daemon/enroll":    {"daemon/apitype", "daemon/config", "daemon/dps", "tpmdev"},
-	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev"},
-	"daemon/provision": {"daemon/apitype", "daemon/config", "daemon/dps", "daemon/enroll", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob"},
+	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev", "tpmdev/tpmhandle"},
+	"daemon/provision": {"daemon/apitype", "daemon/backoff", "daemon/config", "daemon/dps", "daemon/enroll", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
 	"daemon/cli": {"daemon/apitype", "daemon/client", "daemon/config", "daemon/version"},
 	// What enroll-info and check do with the TPM when the daemon is down,
 	// injected into the command line by cmd/dpsd.
-	"daemon/standalone": {"daemon/apitype", "daemon/check", "daemon/config", "daemon/enroll", "daemon/state", "daemon/version", "tpmdev"},
+	"daemon/standalone": {"daemon/apitype", "daemon/check", "daemon/config", "daemon/enroll", "daemon/state", "daemon/version", "tpmdev", "tpmdev/tpmhandle"},
 	"cmd/dpsd":          {"daemon", "daemon/cli", "daemon/standalone"},
 
 	// Test helpers and the emulator: never imported by the shipped binary

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
@@ -126,7 +127,7 @@ func (d *Device) salt(t transport.TPM) (*saltKey, error) {
 		return nil, err
 	}
 	if !isStandardSRK(pub) {
-		return nil, fmt.Errorf("no EK, and 0x%08x is not a standard SRK: %w", uint32(SRKHandle), ErrForeignObject)
+		return nil, fmt.Errorf("no EK, and %v is not a standard SRK: %w", tpmhandle.SRK, ErrForeignObject)
 	}
 	return &saltKey{handle: SRKHandle, public: *pub}, nil
 }

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
@@ -230,10 +229,11 @@ func (d *Device) hmacSequence(t transport.TPM, h tpm2.NamedHandle, data []byte, 
 // the same kind at the handle (an HMAC key for an HMAC key, a signing key of
 // the same type for a signing key) is evicted first; any other object is
 // refused with ErrForeignObject. Persisting the key that is already there does nothing.
-func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHandle, ownerAuth []byte) error {
-	if !isOwnerPersistent(handle) {
-		return fmt.Errorf("persisting key: handle 0x%08x is not an owner persistent handle", uint32(handle))
+func (d *Device) Persist(ctx context.Context, k *WrappedKey, at tpmhandle.Handle, ownerAuth []byte) error {
+	if !at.OwnerPersistent() {
+		return fmt.Errorf("persisting key: handle %v is not an owner persistent handle", at)
 	}
+	handle := tpm2.TPMHandle(at)
 	err := d.do(ctx, "persisting key", func(t transport.TPM) (err error) {
 		l, err := k.loadable()
 		if err != nil {
@@ -261,7 +261,7 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 			}
 			pub, err := old.OutPublic.Contents()
 			if err != nil || !sameKind(pub, want) {
-				return fmt.Errorf("object at 0x%08x is not a key of the same kind: %w", uint32(handle), ErrForeignObject)
+				return fmt.Errorf("object at %v is not a key of the same kind: %w", at, ErrForeignObject)
 			}
 			if _, err := run(t, tpm2.EvictControl{
 				Auth:             owner,
@@ -277,7 +277,7 @@ func (d *Device) Persist(ctx context.Context, k *WrappedKey, handle tpm2.TPMHand
 		return err
 	})
 	if err == nil {
-		d.log.Info("persisted the key", "handle", fmt.Sprintf("0x%08x", uint32(handle)))
+		d.log.Info("persisted the key", "handle", at.String())
 	}
 	return err
 }
@@ -294,20 +294,3 @@ func (d *Device) LoadCheck(ctx context.Context, k *WrappedKey) error {
 		return err
 	})
 }
-
-// ParseHandle parses a persistent handle in the owner range
-// (0x81000000-0x817FFFFF) as written in the config, such as "0x81000100".
-func ParseHandle(s string) (tpm2.TPMHandle, error) {
-	digits, ok := strings.CutPrefix(strings.ToLower(s), "0x")
-	v, err := strconv.ParseUint(digits, 16, 32)
-	if !ok || err != nil {
-		return 0, fmt.Errorf("handle %q: want hexadecimal 0x81000000-0x817fffff", s)
-	}
-	h := tpm2.TPMHandle(v)
-	if !isOwnerPersistent(h) {
-		return 0, fmt.Errorf("handle %q: not an owner persistent handle (0x81000000-0x817fffff)", s)
-	}
-	return h, nil
-}
-
-func isOwnerPersistent(h tpm2.TPMHandle) bool { return h >= 0x81000000 && h <= 0x817FFFFF }

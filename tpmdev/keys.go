@@ -5,15 +5,16 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// Persistent handles every Azure SDK uses (TCG TPM v2.0 Provisioning
-// Guidance, section 7.8: 0x81000001 storage root key, 0x81010001 RSA EK).
+// The SRK's and the EK's persistent handles (tpmhandle.SRK, tpmhandle.EK)
+// as go-tpm types them.
 const (
-	SRKHandle tpm2.TPMHandle = 0x81000001
-	EKHandle  tpm2.TPMHandle = 0x81010001
+	SRKHandle = tpm2.TPMHandle(tpmhandle.SRK)
+	EKHandle  = tpm2.TPMHandle(tpmhandle.EK)
 	// ekCertIndex is the NV index of the RSA-2048 EK certificate (TCG EK
 	// Credential Profile, section 2.2.1.4).
 	ekCertIndex tpm2.TPMHandle = 0x01C00002
@@ -110,7 +111,7 @@ func (d *Device) EnsureEK(ctx context.Context, t EKTemplate, endorsementAuth, ow
 		return EK{}, err
 	}
 	if ek.Created {
-		d.log.Info("created and persisted the EK", "handle", fmt.Sprintf("0x%08x", uint32(EKHandle)), "template", t.String())
+		d.log.Info("created and persisted the EK", "handle", tpmhandle.EK.String(), "template", t.String())
 	}
 	return ek, nil
 }
@@ -204,7 +205,7 @@ func checkEK(pub *tpm2.TPMTPublic) error {
 		ok = err == nil && rsa.KeyBits == 2048
 	}
 	if !ok {
-		return fmt.Errorf("object at 0x%08x is not an RSA-2048 EK: %w", uint32(EKHandle), ErrForeignObject)
+		return fmt.Errorf("object at %v is not an RSA-2048 EK: %w", tpmhandle.EK, ErrForeignObject)
 	}
 	return nil
 }
@@ -234,7 +235,7 @@ func (d *Device) EnsureSRK(ctx context.Context, ownerAuth []byte) (SRK, error) {
 		return SRK{}, err
 	}
 	if srk.Created {
-		d.log.Info("created and persisted the SRK", "handle", fmt.Sprintf("0x%08x", uint32(SRKHandle)))
+		d.log.Info("created and persisted the SRK", "handle", tpmhandle.SRK.String())
 	}
 	return srk, nil
 }
@@ -260,7 +261,7 @@ func readSRK(t transport.TPM) (SRK, error) {
 		return SRK{}, err
 	}
 	if !isStandardSRK(pub) {
-		return SRK{}, fmt.Errorf("object at 0x%08x is not a standard RSA-2048 SRK: %w", uint32(SRKHandle), ErrForeignObject)
+		return SRK{}, fmt.Errorf("object at %v is not a standard RSA-2048 SRK: %w", tpmhandle.SRK, ErrForeignObject)
 	}
 	return SRK{Public: tpm2.Marshal(rsp.OutPublic), Name: rsp.Name.Buffer}, nil
 }

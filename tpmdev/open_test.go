@@ -146,30 +146,6 @@ func TestStatsCountEveryCommand(t *testing.T) {
 	}
 }
 
-func TestParseHandle(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want tpm2.TPMHandle
-		ok   bool
-	}{
-		{"0x81000100", 0x81000100, true},
-		{"0X817FFFFF", 0x817FFFFF, true},
-		{"0x81010001", 0x81010001, true},
-		{"81000100", 0, false},
-		{"0x81800000", 0, false},
-		{"0x80000000", 0, false},
-		{"0x1", 0, false},
-		{"0x", 0, false},
-		{"0x1000000000", 0, false},
-		{"", 0, false},
-	} {
-		got, err := tpmdev.ParseHandle(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("ParseHandle(%q) = %#x, %v", tc.in, got, err)
-		}
-	}
-}
-
 func TestWrappedKeyUnmarshalRefusesMalformed(t *testing.T) {
 	good := tpmdev.WrappedKey{
 		Public: tpm2.Marshal(tpm2.New2B(tpm2.TPMTPublic{

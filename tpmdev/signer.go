@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"slices"
 
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
@@ -176,7 +177,7 @@ func (d *Device) CreateSigningKey(ctx context.Context, alg KeyAlgorithm) (*Signi
 			InPublic:     tpm2.New2B(signingTemplate(alg)),
 		})
 		if isNoObject(err) {
-			return fmt.Errorf("handle 0x%08x (SRK): %w: %w", uint32(SRKHandle), ErrNotFound, err)
+			return fmt.Errorf("handle %v (SRK): %w: %w", tpmhandle.SRK, ErrNotFound, err)
 		}
 		if err != nil {
 			return err
@@ -209,7 +210,7 @@ func hasP256(t transport.TPM) (bool, error) {
 // programs that address TPM keys by handle (tpm2-openssl's handle:0x81…
 // URIs). Persist's rules apply: an older key of the same kind there is
 // replaced, anything else is refused with ErrForeignObject.
-func (d *Device) PersistSigningKey(ctx context.Context, k *SigningKey, handle tpm2.TPMHandle, ownerAuth []byte) error {
+func (d *Device) PersistSigningKey(ctx context.Context, k *SigningKey, handle tpmhandle.Handle, ownerAuth []byte) error {
 	return d.Persist(ctx, (*WrappedKey)(k), handle, ownerAuth)
 }
 

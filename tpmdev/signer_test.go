@@ -13,7 +13,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -352,7 +352,7 @@ func TestPersistSigningKey(t *testing.T) {
 	forEachTPM(t, func(t *testing.T, dev *tpmdev.Device, _ func()) {
 		ctx := context.Background()
 		ek, srk := provision(t, dev)
-		const handle tpm2.TPMHandle = 0x81000200
+		const handle tpmhandle.Handle = 0x81000200
 		k1, _ := newSigner(t, dev, tpmdev.KeyECCP256)
 		k2, _ := newSigner(t, dev, tpmdev.KeyECCP256)
 		for i, k := range []*tpmdev.SigningKey{k1, k1, k2} {
@@ -368,7 +368,7 @@ func TestPersistSigningKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := nameAt(t, dev, handle); string(got) != string(want.Buffer) {
+		if got := nameAt(t, dev, tpm2.TPMHandle(handle)); string(got) != string(want.Buffer) {
 			t.Error("the handle does not hold the newer key")
 		}
 		// The identity key (HMAC) is of another kind, both ways.
@@ -492,7 +492,7 @@ func TestPersistedSigningKeyWithTPM2Tools(t *testing.T) {
 	bin := testenv.LookPath(t, "tpm2_sign")
 	dev, info := tpmtest.Swtpm(t)
 	provision(t, dev)
-	const handle tpm2.TPMHandle = 0x81000200
+	const handle tpmhandle.Handle = 0x81000200
 	k, s := newSigner(t, dev, tpmdev.KeyECCP256)
 	if err := dev.PersistSigningKey(context.Background(), k, handle, nil); err != nil {
 		t.Fatal(err)
@@ -503,7 +503,7 @@ func TestPersistedSigningKeyWithTPM2Tools(t *testing.T) {
 	if err := os.WriteFile(msg, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-T", info.TCTI(), "-c", fmt.Sprintf("0x%08x", uint32(handle)), "-g", "sha256", "-f", "plain", "-o", sig, msg)
+	cmd := exec.Command(bin, "-T", info.TCTI(), "-c", handle.String(), "-g", "sha256", "-f", "plain", "-o", sig, msg)
 	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("tpm2_sign: %v: %s", err, out)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -396,11 +397,11 @@ func TestActivateImportHMAC(t *testing.T) {
 		}
 
 		// Persisting for other software: again is a no-op, a new key replaces it.
-		const handle = tpm2.TPMHandle(0x81000100)
+		const handle tpmhandle.Handle = 0x81000100
 		if err := dev.Persist(ctx, wk, handle, nil); err != nil {
 			t.Fatal(err)
 		}
-		first := nameAt(t, dev, handle)
+		first := nameAt(t, dev, tpm2.TPMHandle(handle))
 		if err := dev.Persist(ctx, wk, handle, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -408,10 +409,10 @@ func TestActivateImportHMAC(t *testing.T) {
 		if err := dev.Persist(ctx, wk2, handle, nil); err != nil {
 			t.Fatal(err)
 		}
-		if bytes.Equal(nameAt(t, dev, handle), first) {
+		if bytes.Equal(nameAt(t, dev, tpm2.TPMHandle(handle)), first) {
 			t.Error("Persist kept the old key")
 		}
-		if err := dev.Persist(ctx, wk, tpmdev.SRKHandle, nil); !errors.Is(err, tpmdev.ErrForeignObject) {
+		if err := dev.Persist(ctx, wk, tpmhandle.SRK, nil); !errors.Is(err, tpmdev.ErrForeignObject) {
 			t.Errorf("Persist over the SRK: %v, want ErrForeignObject", err)
 		}
 	})

@@ -17,23 +17,23 @@ const SocketHost = "local-dpsd"
 // Clients trust a status socket served by it or by root.
 const ServiceUser = "dpsd"
 
-// State is the daemon's provisioning phase.
-type State string
+// Phase is the daemon's provisioning phase.
+type Phase string
 
 // The phases, in the order a first boot walks through them, then the
 // resting states.
 const (
-	StateStarting        State = "starting"
-	StateWaitingForTPM   State = "waiting-for-tpm"
-	StateWaitingForTime  State = "waiting-for-time"
-	StateTakingOwnership State = "taking-ownership"
-	StateRegistering     State = "registering"
-	StateAssigning       State = "assigning"
-	StateProvisioned     State = "provisioned"
-	// StateFailed: the last attempt failed; the daemon retries at NextAttemptAt.
-	StateFailed State = "failed"
-	// StateDisabled: DPS says the enrollment is disabled; retried slowly.
-	StateDisabled State = "disabled"
+	PhaseStarting        Phase = "starting"
+	PhaseWaitingForTPM   Phase = "waiting-for-tpm"
+	PhaseWaitingForTime  Phase = "waiting-for-time"
+	PhaseTakingOwnership Phase = "taking-ownership"
+	PhaseRegistering     Phase = "registering"
+	PhaseAssigning       Phase = "assigning"
+	PhaseProvisioned     Phase = "provisioned"
+	// PhaseFailed: the last attempt failed; the daemon retries at NextAttemptAt.
+	PhaseFailed Phase = "failed"
+	// PhaseDisabled: DPS says the enrollment is disabled; retried slowly.
+	PhaseDisabled Phase = "disabled"
 )
 
 // Reason says why the current (or last) provisioning happened.
@@ -50,7 +50,7 @@ const (
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	State          State      `json:"state"`
+	State          Phase      `json:"state"`
 	Reason         Reason     `json:"reason,omitempty"`
 	RegistrationID string     `json:"registrationId,omitempty"`
 	IDScope        string     `json:"idScope,omitempty"`
@@ -82,12 +82,25 @@ type TPMStatus struct {
 // assigned IoT Hub.
 type HubStatus struct {
 	CheckedAt *time.Time `json:"checkedAt"`
-	// Result is "ok", "rejected", "unreachable" or empty (never checked).
-	Result string `json:"result,omitempty"`
-	Error  string `json:"error,omitempty"`
+	// Result is empty while the credential was never checked.
+	Result HubResult `json:"result,omitempty"`
+	Error  string    `json:"error,omitempty"`
 	// Connected is true while a stay_connected session is up.
 	Connected bool `json:"connected,omitempty"`
 }
+
+// HubResult is the outcome of the last check against the hub.
+type HubResult string
+
+// The hub results.
+const (
+	// HubOK: the hub accepted the credential.
+	HubOK HubResult = "ok"
+	// HubRejected: the hub refused the credential (CONNACK 2, 4 or 5).
+	HubRejected HubResult = "rejected"
+	// HubUnreachable: the hub could not be reached to ask.
+	HubUnreachable HubResult = "unreachable"
+)
 
 // EnrollInfo is the body of GET /v1/enroll-info: what an operator types into
 // a DPS individual enrollment.
@@ -133,6 +146,10 @@ func (r CheckReport) Failed() bool {
 	}
 	return false
 }
+
+// DefaultMaxTokenTTL is the longest ttl POST /v1/token grants when
+// [token] max_ttl does not say otherwise.
+const DefaultMaxTokenTTL = 24 * time.Hour
 
 // Token is the body of POST /v1/token.
 type Token struct {

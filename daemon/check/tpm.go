@@ -20,6 +20,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // TPM device nodes, the resource manager first (what "auto" prefers).
@@ -252,20 +253,20 @@ func (r *run) ek(ctx context.Context) apitype.Check {
 	ek, err := r.env.TPM.ReadEK(ctx)
 	switch {
 	case errors.Is(err, tpmdev.ErrNotFound) && r.env.AssignedHub != "":
-		return fail(NameEK, "no EK at 0x81010001 although the device was provisioned: the TPM was cleared",
+		return fail(NameEK, "no EK at "+tpmhandle.EK.String()+" although the device was provisioned: the TPM was cleared",
 			"dpsd creates it again and provisions again by itself (reason tpm-cleared); see dpsd status")
 	case errors.Is(err, tpmdev.ErrNotFound):
-		if c, full := r.nvFull(ctx, NameEK, "EK at 0x81010001"); full {
+		if c, full := r.nvFull(ctx, NameEK, "EK at "+tpmhandle.EK.String()); full {
 			return c
 		}
-		return warn(NameEK, "no EK at 0x81010001 yet", "dpsd creates and persists it at its first start")
+		return warn(NameEK, "no EK at "+tpmhandle.EK.String()+" yet", "dpsd creates and persists it at its first start")
 	case errors.Is(err, tpmdev.ErrForeignObject):
 		return fail(NameEK, err.Error(),
-			"another key holds the EK handle; if nothing needs it, evict it as the owner (tpm2_evictcontrol -C o -c 0x81010001)")
+			"another key holds the EK handle; if nothing needs it, evict it as the owner (tpm2_evictcontrol -C o -c "+tpmhandle.EK.String()+")")
 	case err != nil:
 		return fail(NameEK, "reading the EK: "+err.Error(), tpmFix(err, "see dmesg | grep -i tpm; journalctl -u dpsd"))
 	}
-	return pass(NameEK, fmt.Sprintf("RSA-2048 EK at 0x81010001, %d-byte public area", len(ek.Public)))
+	return pass(NameEK, fmt.Sprintf("RSA-2048 EK at %v, %d-byte public area", tpmhandle.EK, len(ek.Public)))
 }
 
 func (r *run) ekCertificate(ctx context.Context) apitype.Check {
@@ -307,20 +308,20 @@ func (r *run) srk(ctx context.Context) apitype.Check {
 	srk, err := r.readSRK(ctx)
 	switch {
 	case errors.Is(err, tpmdev.ErrNotFound) && r.env.AssignedHub != "":
-		return fail(NameSRK, "no SRK at 0x81000001 although the device was provisioned: the TPM was cleared",
+		return fail(NameSRK, "no SRK at "+tpmhandle.SRK.String()+" although the device was provisioned: the TPM was cleared",
 			"dpsd provisions again by itself (reason tpm-cleared); to force it now: sudo dpsd reprovision")
 	case errors.Is(err, tpmdev.ErrNotFound):
-		if c, full := r.nvFull(ctx, NameSRK, "SRK at 0x81000001"); full {
+		if c, full := r.nvFull(ctx, NameSRK, "SRK at "+tpmhandle.SRK.String()); full {
 			return c
 		}
-		return warn(NameSRK, "no SRK at 0x81000001 yet", "dpsd creates it when it takes ownership at start")
+		return warn(NameSRK, "no SRK at "+tpmhandle.SRK.String()+" yet", "dpsd creates it when it takes ownership at start")
 	case errors.Is(err, tpmdev.ErrForeignObject):
 		return fail(NameSRK, err.Error(),
-			"dpsd never evicts it: evict it as the owner (tpm2_evictcontrol -C o -c 0x81000001) or clear the TPM")
+			"dpsd never evicts it: evict it as the owner (tpm2_evictcontrol -C o -c "+tpmhandle.SRK.String()+") or clear the TPM")
 	case err != nil:
 		return fail(NameSRK, "reading the SRK: "+err.Error(), tpmFix(err, "see dmesg | grep -i tpm; journalctl -u dpsd"))
 	}
-	return pass(NameSRK, "standard RSA-2048 SRK at 0x81000001, Name "+hex.EncodeToString(srk.Name))
+	return pass(NameSRK, "standard RSA-2048 SRK at "+tpmhandle.SRK.String()+", Name "+hex.EncodeToString(srk.Name))
 }
 
 // nvFull is the answer for a missing key (what) when the TPM has no room

@@ -39,17 +39,17 @@ func str(s string) *string { return &s }
 // statusFixtures are the states a technician meets, one golden file each.
 var statusFixtures = map[string]apitype.Status{
 	"provisioned": {
-		State: apitype.StateProvisioned, Reason: apitype.ReasonTPMCleared,
+		State: apitype.PhaseProvisioned, Reason: apitype.ReasonTPMCleared,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-2 * time.Hour), Attempts: 1,
 		TPM: apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e8a7d6f4e3c2b1a0998877665544332211ffeeddccbbaa99887766554",
 			SRKName: "000b8f3c5a1e2d4b6c7a8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678", OwnerAuthSet: true, Commands: 12},
-		Hub:     apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: "ok"},
+		Hub:     apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: apitype.HubOK},
 		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"failed": {
-		State: apitype.StateFailed, Reason: apitype.ReasonFirstBoot,
+		State: apitype.PhaseFailed, Reason: apitype.ReasonFirstBoot,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		Attempts: 4, NextAttemptAt: at(90 * time.Second),
 		LastError: str("registering with DPS: dial tcp: lookup global.azure-devices-provisioning.net: no such host"),
@@ -57,13 +57,13 @@ var statusFixtures = map[string]apitype.Status{
 		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"waiting-for-tpm": {
-		State: apitype.StateWaitingForTPM, Reason: apitype.ReasonFirstBoot,
+		State: apitype.PhaseWaitingForTPM, Reason: apitype.ReasonFirstBoot,
 		LastError: str("opening the TPM: no TPM device (/dev/tpmrm0, /dev/tpm0)"),
 		TPM:       apitype.TPMStatus{Device: "auto"},
 		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"disabled": {
-		State: apitype.StateDisabled, Reason: apitype.ReasonFirstBoot,
+		State: apitype.PhaseDisabled, Reason: apitype.ReasonFirstBoot,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		Attempts: 2, NextAttemptAt: at(58 * time.Minute),
 		LastError: str("DPS: enrollment disabled (403, 401002)"),
@@ -71,16 +71,16 @@ var statusFixtures = map[string]apitype.Status{
 		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"reregistering": {
-		State: apitype.StateAssigning, Reason: apitype.ReasonRequested,
+		State: apitype.PhaseAssigning, Reason: apitype.ReasonRequested,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-26 * time.Hour), Attempts: 2,
 		TPM:     apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, Commands: 25},
-		Hub:     apitype.HubStatus{CheckedAt: at(-26 * time.Hour), Result: "ok"},
+		Hub:     apitype.HubStatus{CheckedAt: at(-26 * time.Hour), Result: apitype.HubOK},
 		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"reregistration-failed": {
-		State: apitype.StateFailed, Reason: apitype.ReasonTPMCleared,
+		State: apitype.PhaseFailed, Reason: apitype.ReasonTPMCleared,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-3 * time.Hour), Attempts: 3, NextAttemptAt: at(40 * time.Second),
@@ -89,12 +89,12 @@ var statusFixtures = map[string]apitype.Status{
 		Version:   "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
 	"lockout-hub-rejected": {
-		State: apitype.StateProvisioned, Reason: apitype.ReasonHubRejected,
+		State: apitype.PhaseProvisioned, Reason: apitype.ReasonHubRejected,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
 		AssignedHub: "hub-2.azure-devices.net", DeviceID: "sensor-0042",
 		ProvisionedAt: at(-30 * time.Second), Attempts: 1,
 		TPM: apitype.TPMStatus{Device: "/dev/tpm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, InLockout: true, Commands: 40},
-		Hub: apitype.HubStatus{CheckedAt: at(-10 * time.Second), Result: "rejected", Error: "CONNACK 5: not authorized"},
+		Hub: apitype.HubStatus{CheckedAt: at(-10 * time.Second), Result: apitype.HubRejected, Error: "CONNACK 5: not authorized"},
 	},
 }
 
@@ -249,7 +249,7 @@ func TestDaemonNotRunning(t *testing.T) {
 
 func TestWait(t *testing.T) {
 	t.Parallel()
-	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	b := localapitest.NewBackend(apitype.Status{State: apitype.PhaseRegistering})
 	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
 
 	// Not provisioned within the timeout: exit 1, and the state is named.
@@ -265,7 +265,7 @@ func TestWait(t *testing.T) {
 		done <- cli.App{}.Main(context.Background(), []string{"wait", "--socket", sock}, &out, &stderr)
 	}()
 	waitForText(t, &stderr, "state registering")
-	b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+	b.SetStatus(apitype.Status{State: apitype.PhaseProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
 	if code := <-done; code != cli.ExitOK || !strings.Contains(out.String(), "provisioned: device dev-1 on hub.example") {
 		t.Errorf("wait until provisioned: exit %d, %q, %q", code, &out, &stderr)
 	}
@@ -275,7 +275,7 @@ func TestWait(t *testing.T) {
 // change until interrupted; with --json, one JSON line each.
 func TestStatusWatch(t *testing.T) {
 	t.Parallel()
-	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	b := localapitest.NewBackend(apitype.Status{State: apitype.PhaseRegistering})
 	sock := localapitest.Serve(t, localapi.New(b, localapi.Options{Log: localapitest.Logger(t)}), 0o600, "")
 	for _, tt := range []struct {
 		args          []string
@@ -284,7 +284,7 @@ func TestStatusWatch(t *testing.T) {
 		{[]string{"--json"}, `{"state":"registering"`, `{"state":"provisioned"`},
 		{nil, "Not provisioned yet: registering with DPS", "Provisioned: device dev-1 on hub.example"},
 	} {
-		b.SetStatus(apitype.Status{State: apitype.StateRegistering})
+		b.SetStatus(apitype.Status{State: apitype.PhaseRegistering})
 		ctx, cancel := context.WithCancel(context.Background())
 		var out, errOut testenv.Buffer
 		done := make(chan int, 1)
@@ -292,7 +292,7 @@ func TestStatusWatch(t *testing.T) {
 			done <- cli.App{}.Main(ctx, append([]string{"status", "--watch", "--socket", sock}, tt.args...), &out, &errOut)
 		}()
 		waitForText(t, &out, tt.first)
-		b.SetStatus(apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
+		b.SetStatus(apitype.Status{State: apitype.PhaseProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example"})
 		waitForText(t, &out, tt.second)
 		cancel()
 		if code := <-done; code != cli.ExitOK {

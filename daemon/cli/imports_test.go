@@ -21,7 +21,13 @@ func TestCLIImportsNoTPMCode(t *testing.T) {
 		"github.com/dpsd-project/dpsd/daemon/provision",
 		"github.com/google/go-tpm",
 	}
+	// Handle values (a uint32 and its syntax, stdlib only) come with the
+	// config; they talk to no TPM.
+	allowed := "github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 	for _, dep := range strings.Fields(string(out)) {
+		if dep == allowed {
+			continue
+		}
 		for _, f := range forbidden {
 			if dep == f || strings.HasPrefix(dep, f+"/") {
 				t.Errorf("daemon/cli depends on %s", dep)

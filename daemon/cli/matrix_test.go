@@ -198,5 +198,5 @@ func TestAuthorizationMatrix(t *testing.T) {
 }
 
 func provisioned() apitype.Status {
-	return apitype.Status{State: apitype.StateProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example", Attempts: 1}
+	return apitype.Status{State: apitype.PhaseProvisioned, DeviceID: "dev-1", AssignedHub: "hub.example", Attempts: 1}
 }

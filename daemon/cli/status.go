@@ -141,7 +141,7 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 // provisioned again (a TPM clear, a request, a config change, a hub
 // rejection): not the same as a device that never was.
 func reregistering(st apitype.Status) bool {
-	return st.State != apitype.StateProvisioned && st.ProvisionedAt != nil && !st.ProvisionedAt.IsZero()
+	return st.State != apitype.PhaseProvisioned && st.ProvisionedAt != nil && !st.ProvisionedAt.IsZero()
 }
 
 // headline is the first line: the answer to "does this device work?".
@@ -156,13 +156,13 @@ func headline(st apitype.Status, now time.Time) string {
 			orDash(st.DeviceID), orDash(st.AssignedHub), relative(*st.ProvisionedAt, now))
 	}
 	switch st.State {
-	case apitype.StateProvisioned:
+	case apitype.PhaseProvisioned:
 		s := fmt.Sprintf("Provisioned: device %s on %s", orDash(st.DeviceID), orDash(st.AssignedHub))
-		if st.Hub.Result != "" && st.Hub.Result != "ok" {
-			s += " (hub check: " + st.Hub.Result + ")"
+		if st.Hub.Result != "" && st.Hub.Result != apitype.HubOK {
+			s += " (hub check: " + string(st.Hub.Result) + ")"
 		}
 		return s
-	case apitype.StateFailed, apitype.StateDisabled:
+	case apitype.PhaseFailed, apitype.PhaseDisabled:
 		return "Not provisioned: " + progress(st, now)
 	}
 	return "Not provisioned yet: " + progress(st, now)
@@ -171,7 +171,7 @@ func headline(st apitype.Status, now time.Time) string {
 // progress says where a device that is not provisioned stands.
 func progress(st apitype.Status, now time.Time) string {
 	switch st.State {
-	case apitype.StateFailed, apitype.StateDisabled:
+	case apitype.PhaseFailed, apitype.PhaseDisabled:
 		s := string(st.State)
 		if st.NextAttemptAt != nil {
 			s += ", next attempt " + relative(*st.NextAttemptAt, now)
@@ -182,19 +182,19 @@ func progress(st apitype.Status, now time.Time) string {
 }
 
 // describeState says what the daemon is busy with, in words.
-func describeState(s apitype.State) string {
+func describeState(s apitype.Phase) string {
 	switch s {
-	case apitype.StateStarting:
+	case apitype.PhaseStarting:
 		return "starting"
-	case apitype.StateWaitingForTPM:
+	case apitype.PhaseWaitingForTPM:
 		return "waiting for the TPM device to appear"
-	case apitype.StateWaitingForTime:
+	case apitype.PhaseWaitingForTime:
 		return "waiting for the system clock to be set"
-	case apitype.StateTakingOwnership:
+	case apitype.PhaseTakingOwnership:
 		return "taking ownership of the TPM and creating the SRK"
-	case apitype.StateRegistering:
+	case apitype.PhaseRegistering:
 		return "registering with DPS"
-	case apitype.StateAssigning:
+	case apitype.PhaseAssigning:
 		return "waiting for DPS to assign a hub"
 	}
 	return string(s)
@@ -203,19 +203,19 @@ func describeState(s apitype.State) string {
 // statusHint is what a technician can do about the current state.
 func statusHint(st apitype.Status) string {
 	switch st.State {
-	case apitype.StateDisabled:
+	case apitype.PhaseDisabled:
 		return "DPS says the enrollment is disabled: enable it in the DPS enrollment, then run: sudo dpsd reprovision"
-	case apitype.StateFailed:
+	case apitype.PhaseFailed:
 		return "The daemon retries by itself. To find the cause: dpsd check; journalctl -u dpsd"
-	case apitype.StateWaitingForTPM:
+	case apitype.PhaseWaitingForTPM:
 		return "No usable TPM yet: dpsd check shows why (device, permissions, udev)."
-	case apitype.StateWaitingForTime:
+	case apitype.PhaseWaitingForTime:
 		return "The clock is before this build's date: check time sync (timedatectl status)."
 	}
 	if st.TPM.InLockout {
 		return "The TPM is in dictionary-attack lockout: wait for it to recover or clear it as the owner."
 	}
-	if st.Hub.Result == "rejected" {
+	if st.Hub.Result == apitype.HubRejected {
 		return "The hub refused the credential: the daemon provisions again; dpsd check for details."
 	}
 	return ""
@@ -225,7 +225,7 @@ func hubCheck(h apitype.HubStatus, now time.Time) string {
 	if h.Result == "" {
 		return "not checked yet"
 	}
-	s := h.Result
+	s := string(h.Result)
 	if h.CheckedAt != nil {
 		s += ", " + relative(*h.CheckedAt, now)
 	}

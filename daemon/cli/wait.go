@@ -58,7 +58,7 @@ func (e *env) wait(ctx context.Context, c *client.Client, timeout time.Duration)
 	}
 	for {
 		err := c.Watch(ctx, func(st apitype.Status) error {
-			if st.State == apitype.StateProvisioned {
+			if st.State == apitype.PhaseProvisioned {
 				fmt.Fprintf(e.stdout, "provisioned: device %s on %s\n", orDash(st.DeviceID), orDash(st.AssignedHub))
 				return errProvisioned
 			}

@@ -16,6 +16,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // Config is the validated configuration. Its sections mirror the TOML
@@ -74,11 +78,10 @@ type TPM struct {
 	// BusProtection (bus_protection) says whether secrets cross the TPM
 	// bus encrypted.
 	BusProtection BusProtection
-	// IdentityHandle (identity_handle) is the persistent handle, as
-	// "0x81000100" (checked, lowercase), where the hub key is also made
-	// persistent for other Azure SDK apps; empty: none. tpmdev.ParseHandle
-	// turns it into a handle.
-	IdentityHandle string
+	// IdentityHandle (identity_handle) is the owner persistent handle,
+	// such as 0x81000100, where the hub key is also made persistent for
+	// other Azure SDK apps; 0: none. Never the SRK's or the EK's.
+	IdentityHandle tpmhandle.Handle
 }
 
 // Ownership is the owner hierarchy policy (tpm.ownership).
@@ -173,8 +176,8 @@ type State struct {
 func Default() *Config {
 	return &Config{
 		Provisioning: Provisioning{
-			GlobalEndpoint: "https://global.azure-devices-provisioning.net",
-			APIVersion:     "2021-06-01",
+			GlobalEndpoint: dps.DefaultEndpoint,
+			APIVersion:     dps.DefaultAPIVersion,
 		},
 		TPM: TPM{
 			Device:        "auto",
@@ -189,10 +192,10 @@ func Default() *Config {
 		},
 		Token: Token{
 			Allow:  []string{},
-			MaxTTL: 24 * time.Hour,
+			MaxTTL: apitype.DefaultMaxTokenTTL,
 		},
 		Network: Network{
-			Timeout: 30 * time.Second,
+			Timeout: dps.DefaultTimeout,
 		},
 		Status: Status{
 			Socket: "/run/dpsd/status.sock",

@@ -128,7 +128,7 @@ func TestLoadBad(t *testing.T) {
 		"endpoint-http.toml":       `FILE:2: provisioning.global_endpoint: "http://global.azure-devices-provisioning.net" is not an https URL (e.g. "https://global.azure-devices-provisioning.net")`,
 		"id-scope.toml":            `FILE:2: provisioning.id_scope: "0ne-0000" is not an ID scope (letters and digits, at most 64, e.g. "0ne00000A0A")`,
 		"identity-handle-srk.toml": `FILE:5: tpm.identity_handle: "0x81000001" is the SRK's handle`,
-		"identity-handle.toml":     `FILE:5: tpm.identity_handle: "0x81800000" is outside the owner's persistent range 0x81000000..0x817FFFFF`,
+		"identity-handle.toml":     `FILE:5: tpm.identity_handle: "0x81800000" is outside the owner's persistent range 0x81000000..0x817fffff`,
 		"missing-id-scope.toml": `FILE: provisioning.id_scope: required: set it in a drop-in, e.g. ` + filepath.Join(testdata, "bad", DropInDir, "50-id-scope.toml") +
 			` holding [provisioning] id_scope = "<the DPS ID scope>" (image builders ship one)`,
 		"owner-auth-take.toml":    `FILE:5: tpm.owner_auth_file: only used with ownership = "shared" (with "take" dpsd sets the owner auth itself)`,
@@ -195,7 +195,7 @@ func TestLoadValues(t *testing.T) {
 				return c.TPM.Ownership == OwnershipShared && c.TPM.OwnerAuthFile == "/etc/dpsd/owner"
 			}},
 		{"identity handle", `tpm.identity_handle = "0X810001aB"`,
-			func(c *Config) bool { return c.TPM.IdentityHandle == "0x810001ab" }},
+			func(c *Config) bool { return c.TPM.IdentityHandle == 0x810001ab }},
 		{"device path", `tpm.device = "/dev/tpm0"`, func(c *Config) bool { return c.TPM.Device == "/dev/tpm0" }},
 		{"swtpm", `tpm.device = "swtpm:/tmp/swtpm.sock"`, func(c *Config) bool { return c.TPM.Device == "swtpm:/tmp/swtpm.sock" }},
 		{"mssim ipv6", `tpm.device = "mssim:[::1]:2321"`, func(c *Config) bool { return c.TPM.Device == "mssim:[::1]:2321" }},
@@ -273,7 +273,7 @@ func TestLoadFiles(t *testing.T) {
 		writeFile(t, main, "[provisioning]\nid_scope = \"0ne00000A0A\"\n[tpm]\nidentity_handle = \"0x81000100\"\n")
 		writeFile(t, filepath.Join(dir, DropInDir, "90.toml"), "tpm.identity_handle = \"\"\n")
 		c, err := Load(main)
-		if err != nil || c.TPM.IdentityHandle != "" {
+		if err != nil || c.TPM.IdentityHandle != 0 {
 			t.Errorf("Load = %+v, %v; want no identity handle", c, err)
 		}
 	})

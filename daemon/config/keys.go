@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // tables are the top-level tables a file may hold.
@@ -39,7 +42,7 @@ var specs = map[string]spec{
 		return nil
 	}),
 	"provisioning.registration_id": text(func(c *Config, s string) error {
-		if s != "" && !validRegistrationID(s) {
+		if s != "" && dps.ValidRegistrationID(s) != nil {
 			return fmt.Errorf("%q is not a DPS registration ID (at most 128 letters, digits and : . _ -, "+
 				"starting and ending with a letter or digit)", s)
 		}
@@ -88,7 +91,7 @@ var specs = map[string]spec{
 	"tpm.check_interval": duration(func(c *Config) *time.Duration { return &c.TPM.CheckInterval },
 		time.Second, 24*time.Hour),
 	"tpm.identity_handle": text(func(c *Config, s string) (err error) {
-		c.TPM.IdentityHandle, err = persistentHandle(s)
+		c.TPM.IdentityHandle, err = identityHandle(s)
 		return err
 	}),
 
@@ -278,13 +281,6 @@ func validIDScope(s string) bool {
 	return len(s) >= 1 && len(s) <= 64 && all(s, isAlnum)
 }
 
-// validRegistrationID: DPS allows at most 128 of [A-Za-z0-9:._-], no special
-// character first or last (dps-tpm-protocol.md §3).
-func validRegistrationID(s string) bool {
-	return len(s) >= 1 && len(s) <= 128 && isAlnum(s[0]) && isAlnum(s[len(s)-1]) &&
-		all(s, func(c byte) bool { return isAlnum(c) || strings.IndexByte(":._-", c) >= 0 })
-}
-
 // validAPIVersion: YYYY-MM-DD, optionally with -preview.
 func validAPIVersion(s string) bool {
 	s = strings.TrimSuffix(s, "-preview")
@@ -432,33 +428,20 @@ func optionalAbsPath(s string) (string, error) {
 	return absPath(s)
 }
 
-// The persistent handles dpsd itself uses (TCG "Registry of Reserved TPM 2.0
-// Handles and Localities", 2.3.1): the identity key must not land on them.
-const (
-	srkHandle = 0x81000001
-	ekHandle  = 0x81010001
-)
-
-// persistentHandle checks identity_handle: "" (none) or a hex handle that
-// the owner may make persistent, which TPM 2.0 Part 3 (EvictControl)
-// limits to 0x81000000..0x817FFFFF (the rest of 0x81 is the platform's).
-// It returns the handle as "0x" and eight lowercase hex digits.
-func persistentHandle(s string) (string, error) {
+// identityHandle checks identity_handle: "" (none) or a handle the owner
+// may make persistent that is not one dpsd itself uses.
+func identityHandle(s string) (tpmhandle.Handle, error) {
 	if s == "" {
-		return "", nil
+		return 0, nil
 	}
-	hexDigits, ok := strings.CutPrefix(strings.ToLower(s), "0x")
-	n, err := strconv.ParseUint(hexDigits, 16, 32)
-	if !ok || err != nil {
-		return "", fmt.Errorf("%q is not a hex handle such as \"0x81000100\"", s)
-	}
+	h, err := tpmhandle.Parse(s)
 	switch {
-	case n < 0x81000000 || n > 0x817FFFFF:
-		return "", fmt.Errorf("%q is outside the owner's persistent range 0x81000000..0x817FFFFF", s)
-	case n == srkHandle:
-		return "", fmt.Errorf("%q is the SRK's handle", s)
-	case n == ekHandle:
-		return "", fmt.Errorf("%q is the EK's handle", s)
+	case err != nil:
+		return 0, err
+	case h == tpmhandle.SRK:
+		return 0, fmt.Errorf("%q is the SRK's handle", s)
+	case h == tpmhandle.EK:
+		return 0, fmt.Errorf("%q is the EK's handle", s)
 	}
-	return fmt.Sprintf("0x%08x", n), nil
+	return h, nil
 }

@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/dpsd-project/dpsd/daemon/dps"
 )
 
 // The syntax checks were regexps; these are those regexps, kept as the
@@ -15,7 +17,7 @@ var syntaxOracles = []struct {
 	max   int // a length limit outside the pattern
 }{
 	{"id scope", validIDScope, regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`), 0},
-	{"registration ID", validRegistrationID, regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9:._-]{0,126}[A-Za-z0-9])?$`), 0},
+	{"registration ID", func(s string) bool { return dps.ValidRegistrationID(s) == nil }, regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9:._-]{0,126}[A-Za-z0-9])?$`), 0},
 	{"api-version", validAPIVersion, regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$`), 0},
 	{"user or group name", validName, regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$`), 32},
 }

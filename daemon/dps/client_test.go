@@ -257,7 +257,7 @@ func TestFinalStatuses(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		reply     string
-		status    string
+		status    Status
 		errorCode int
 	}{
 		{"poll-200-failed", StatusFailed, 400209},

@@ -13,13 +13,17 @@ import (
 	"time"
 )
 
-// Operation statuses (REST EnrollmentStatus, §5.2).
+// Status is a registration operation's status (REST EnrollmentStatus,
+// §5.2); the emulator answers with the same values.
+type Status string
+
+// The operation statuses.
 const (
-	StatusUnassigned = "unassigned"
-	StatusAssigning  = "assigning"
-	StatusAssigned   = "assigned"
-	StatusFailed     = "failed"
-	StatusDisabled   = "disabled"
+	StatusUnassigned Status = "unassigned"
+	StatusAssigning  Status = "assigning"
+	StatusAssigned   Status = "assigned"
+	StatusFailed     Status = "failed"
+	StatusDisabled   Status = "disabled"
 )
 
 // DefaultKeyName is the key name production DPS sends in every challenge,
@@ -42,9 +46,8 @@ type Challenge struct {
 // PUT or a poll.
 type Operation struct {
 	// ID is the operationId to poll.
-	ID string
-	// Status is one of the Status* constants.
-	Status string
+	ID     string
+	Status Status
 	// RetryAfter is the server's Retry-After, clamped; 0 when absent.
 	RetryAfter time.Duration
 	// State is registrationState; nil when DPS sent none (it may omit it
@@ -58,7 +61,7 @@ type Operation struct {
 // RegistrationState is DPS's DeviceRegistrationResult.
 type RegistrationState struct {
 	RegistrationID string
-	Status         string
+	Status         Status
 	// Substatus: initialAssignment, deviceDataMigrated, deviceDataReset or
 	// reprovisionedToInitialAssignment.
 	Substatus   string
@@ -205,14 +208,14 @@ func decodeChain(chain []string) ([][]byte, error) {
 // operationBody is RegistrationOperationStatus.
 type operationBody struct {
 	OperationID       string             `json:"operationId"`
-	Status            string             `json:"status"`
+	Status            Status             `json:"status"`
 	RegistrationState *registrationState `json:"registrationState"`
 }
 
 // registrationState is DeviceRegistrationResult as sent.
 type registrationState struct {
 	RegistrationID string `json:"registrationId"`
-	Status         string `json:"status"`
+	Status         Status `json:"status"`
 	Substatus      string `json:"substatus"`
 	AssignedHub    string `json:"assignedHub"`
 	DeviceID       string `json:"deviceId"`
@@ -240,7 +243,7 @@ func parseOperation(body []byte) (*Operation, error) {
 	switch b.Status {
 	case StatusUnassigned, StatusAssigning, StatusAssigned, StatusFailed, StatusDisabled:
 	default:
-		return nil, fmt.Errorf("%w: unknown status %q", ErrProtocol, truncate(b.Status))
+		return nil, fmt.Errorf("%w: unknown status %q", ErrProtocol, truncate(string(b.Status)))
 	}
 	op := &Operation{ID: b.OperationID, Status: b.Status}
 	if rs := b.RegistrationState; rs != nil {

@@ -61,7 +61,7 @@ func TestFirstCallAfterSocketActivation(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &s); err != nil {
 				return err.Error()
 			}
-			if s.State != apitype.StateProvisioned {
+			if s.State != apitype.PhaseProvisioned {
 				return "state " + string(s.State)
 			}
 			return ""

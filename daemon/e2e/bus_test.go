@@ -49,7 +49,7 @@ func TestBusCarriesNoSecret(t *testing.T) {
 			tpmtest.ClearSwtpm(t, d.tpm)
 			d.start()
 			again := d.waitFor("re-provisioned after the clear", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonTPMCleared
+				return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonTPMCleared
 			})
 			exposed["token signature 3"] = d.hubTokenSig()
 			exposed["token signature 4"] = d.hubTokenSig()
@@ -163,7 +163,7 @@ func TestTamperedSaltKeyIsRefused(t *testing.T) {
 				return s.LastError != nil && strings.Contains(*s.LastError, tc.want)
 			})
 			d.stop()
-			if s.State == apitype.StateProvisioned {
+			if s.State == apitype.PhaseProvisioned {
 				t.Errorf("state %s after a tampered salt key", s.State)
 			}
 			if sent := bus.SecretCommandsSince(seen); len(sent) > 0 {

@@ -32,7 +32,7 @@ func TestClockBeforeBuildTime(t *testing.T) {
 	d.start()
 	s := d.waitProvisioned()
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Errorf("hub check with a corrected clock: %+v", s.Hub)
 	}
 	if !strings.Contains(d.log.String(), "using the DPS server's time") {
@@ -46,7 +46,7 @@ func TestClockBeforeBuildTime(t *testing.T) {
 	d.start()
 	s = d.waitProvisioned()
 	s = d.waitFor("hub check after the restart", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Errorf("hub check after a restart with a wrong clock: %+v", s.Hub)
 	}
 	if n := emu.stats()["register"]; n != registered {

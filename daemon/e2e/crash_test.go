@@ -35,13 +35,13 @@ func TestKilledDuringRegistration(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		faults         map[string]any
-		during         apitype.State
+		during         apitype.Phase
 		afterChallenge bool
 	}{
 		// The challenge is imported, the authenticated PUT is in flight.
-		{"after the challenge import", map[string]any{"latency": "2s"}, apitype.StateRegistering, true},
+		{"after the challenge import", map[string]any{"latency": "2s"}, apitype.PhaseRegistering, true},
 		// The registration was accepted; DPS is still assigning.
-		{"after the second PUT", map[string]any{"assignAfterPolls": 5}, apitype.StateAssigning, false},
+		{"after the second PUT", map[string]any{"assignAfterPolls": 5}, apitype.PhaseAssigning, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			emu := startEmulator(t, t.TempDir(), "")
@@ -62,7 +62,7 @@ func TestKilledDuringRegistration(t *testing.T) {
 			s := d.waitProvisioned()
 			consistent(t, d)
 			s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-			if s.Hub.Result != "ok" {
+			if s.Hub.Result != apitype.HubOK {
 				t.Errorf("the hub does not accept the converged identity: %+v", s.Hub)
 			}
 		})
@@ -126,7 +126,7 @@ func TestKilledDuringReregistration(t *testing.T) {
 	emu.faults(map[string]any{})
 	d.start()
 	again := d.waitFor("the request carried out after the power cut", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonRequested
 	})
 	consistent(t, d)
 	if n := registrations(t, emu, s.RegistrationID); n != before+1 {

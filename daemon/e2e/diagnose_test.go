@@ -81,7 +81,7 @@ func TestTPMGoneWhileRunning(t *testing.T) {
 	t.Parallel()
 	_, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	d.tpm.Stop()
-	s := d.waitFor("the TPM reported unreachable", func(s apitype.Status) bool { return s.State == apitype.StateWaitingForTPM })
+	s := d.waitFor("the TPM reported unreachable", func(s apitype.Status) bool { return s.State == apitype.PhaseWaitingForTPM })
 	t.Logf("lastError: %v", deref(s.LastError))
 	if s.LastError == nil || !strings.Contains(*s.LastError, d.tpm.Socket) || !strings.Contains(*s.LastError, "unreachable") ||
 		!strings.Contains(*s.LastError, "swtpm") {
@@ -115,7 +115,7 @@ func TestTokenAfterTPMCleared(t *testing.T) {
 		}
 		t.Logf("dpsd token %d: %s", i, errOut)
 		if i == 0 {
-			d.waitFor("the re-registration", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+			d.waitFor("the re-registration", func(s apitype.Status) bool { return s.State == apitype.PhaseAssigning })
 		}
 	}
 }
@@ -134,7 +134,7 @@ func TestForeignSRKFixedIsNoticed(t *testing.T) {
 	persistForeignKey(t, d, "0x81000001", "someone")
 	d.start()
 
-	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	if s.LastError == nil || !strings.Contains(*s.LastError, "0x81000001") || !strings.Contains(*s.LastError, "dpsd reprovision") {
 		t.Errorf("lastError %v, want it to name 0x81000001 and say how to retry now", s.LastError)
 	}
@@ -191,7 +191,7 @@ func TestOwnerAuthDeleted(t *testing.T) {
 	}
 	// The new record still knows whose the owner auth is.
 	d.waitFor("the re-registration", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonRequested
 	})
 	if d.record()["ownerAuthSealed"] != true {
 		t.Errorf("the re-registration dropped ownerAuthSealed from state.json: %v", d.record())
@@ -213,7 +213,7 @@ func TestNVFullAtFirstBoot(t *testing.T) {
 	fillPersistentNV(t, d)
 	d.start()
 
-	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	t.Logf("lastError: %v", deref(s.LastError))
 	if s.LastError == nil || !strings.Contains(*s.LastError, "NV memory is full") || !strings.Contains(*s.LastError, "tpm2_evictcontrol") {
 		t.Errorf("lastError %v, want it to say NV is full and how to make room", s.LastError)

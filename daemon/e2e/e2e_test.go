@@ -42,7 +42,7 @@ func TestFirstBootThenWarmRestart(t *testing.T) {
 	// The hub accepted a CONNECT signed in the TPM: the daemon's check
 	// reported its twin properties, which only a connected device can do.
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Fatalf("hub check: %+v", s.Hub)
 	}
 	var hd hubDevice
@@ -80,7 +80,7 @@ func TestClearedWhileStopped(t *testing.T) {
 	tpmtest.ClearSwtpm(t, d.tpm) // tpm2_clear -c p, as an owner would
 	d.start()
 	again := d.waitFor("re-provisioned after the clear", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonTPMCleared
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonTPMCleared
 	})
 	if again.DeviceID != s.DeviceID {
 		t.Errorf("device ID changed across the clear: %s, was %s", again.DeviceID, s.DeviceID)
@@ -95,7 +95,7 @@ func TestClearedWhileRunning(t *testing.T) {
 	_, d, s := provisioned(t, "[hub]\nverify = false\n")
 	tpmtest.ClearSwtpm(t, d.tpm)
 	again := d.waitFor("re-provisioned without a restart", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonTPMCleared
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonTPMCleared
 	})
 	if again.DeviceID != s.DeviceID || again.TPM.SRKName == s.TPM.SRKName {
 		t.Errorf("after the clear: %+v; before: %+v", again, s)
@@ -113,7 +113,7 @@ func TestDPSDownAtFirstBoot(t *testing.T) {
 	emu.stop()
 
 	d.start()
-	down := d.waitFor("a failed attempt", func(s apitype.Status) bool { return s.State == apitype.StateFailed && s.LastError != nil })
+	down := d.waitFor("a failed attempt", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed && s.LastError != nil })
 	if down.NextAttemptAt == nil {
 		t.Errorf("failed without a next attempt: %+v", down)
 	}
@@ -151,7 +151,7 @@ func TestFailedReregistrationKeepsIdentity(t *testing.T) {
 	emu, d, _ := provisioned(t, "[hub]\nverify = false\n")
 	old := d.stuckReregistration()
 	emu.faults(map[string]any{"serverErrors": 1000})
-	d.waitFor("the failed re-registration", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	d.waitFor("the failed re-registration", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	now, err := os.ReadFile(filepath.Join(d.state, "identity.key"))
 	if err != nil || string(now) != string(old) {
 		t.Fatalf("identity.key changed by a failed registration (err %v)", err)
@@ -174,7 +174,7 @@ func TestReplacedTPM(t *testing.T) {
 	snap := fileSnapshot(t, d.state)
 	before := emu.stats()["total"]
 	d.start()
-	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	if s.LastError == nil || !strings.Contains(*s.LastError, "replaced") {
 		t.Errorf("lastError %v, want it to say the TPM was replaced", s.LastError)
 	}
@@ -191,7 +191,7 @@ func TestReplacedTPM(t *testing.T) {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
 	again := d.waitFor("provisioned with the new TPM", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonRequested
 	})
 	if again.RegistrationID != info.RegistrationID || again.TPM.EKDigest == first.TPM.EKDigest {
 		t.Errorf("after the new enrollment: registration %s (enrolled %s), EK %s (old TPM's %s)",
@@ -227,7 +227,7 @@ func TestSharedOwnership(t *testing.T) {
 				changeOwnerAuth(t, d, "owner-secret", "owner-secret")
 				return
 			}
-			s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+			s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 			if s.LastError == nil || !strings.Contains(*s.LastError, authFile) {
 				t.Errorf("lastError %v does not name the auth file", s.LastError)
 			}

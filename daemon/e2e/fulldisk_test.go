@@ -44,7 +44,7 @@ func TestFullStateDir(t *testing.T) {
 			d.enroll(nil)
 			d.start()
 			s := d.waitFor("hub session", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.Hub.Connected
+				return s.State == apitype.PhaseProvisioned && s.Hub.Connected
 			})
 			old := readFile(t, filepath.Join(d.state, "identity.key"))
 			before := emu.stats()["assigned"]
@@ -53,13 +53,13 @@ func TestFullStateDir(t *testing.T) {
 			if tc.fillWhileAssigning {
 				emu.faults(map[string]any{"assignAfterPolls": 10})
 				reprovision(t, d)
-				d.waitFor("DPS assigning", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+				d.waitFor("DPS assigning", func(s apitype.Status) bool { return s.State == apitype.PhaseAssigning })
 				filler = fill(t, d.state)
 				if emu.stats()["assigned"] != before {
 					t.Fatal("DPS assigned before the disk was full: the machine is too slow for this test")
 				}
 				s = d.waitFor("the new key in use from memory", func(s apitype.Status) bool {
-					return s.State == apitype.StateProvisioned && s.Hub.Connected && s.Reason == apitype.ReasonRequested &&
+					return s.State == apitype.PhaseProvisioned && s.Hub.Connected && s.Reason == apitype.ReasonRequested &&
 						emu.stats()["assigned"] == before+1
 				})
 				if s.LastError == nil || !strings.Contains(*s.LastError, "memory") {
@@ -69,7 +69,7 @@ func TestFullStateDir(t *testing.T) {
 				filler = fill(t, d.state)
 				reprovision(t, d)
 				s = d.waitFor("the registration held back", func(s apitype.Status) bool {
-					return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "state directory")
+					return s.State == apitype.PhaseFailed && s.LastError != nil && strings.Contains(*s.LastError, "state directory")
 				})
 				if !s.Hub.Connected {
 					t.Errorf("the hub session with the old identity is down: %+v", s.Hub)
@@ -98,7 +98,7 @@ func TestFullStateDir(t *testing.T) {
 			})
 			consistent(t, d)
 			d.waitFor("provisioned, no error", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.LastError == nil && s.Hub.Connected
+				return s.State == apitype.PhaseProvisioned && s.LastError == nil && s.Hub.Connected
 			})
 			if n := emu.stats()["assigned"]; n != before+1 {
 				t.Errorf("%d assignments, want %d", n, before+1)

@@ -364,7 +364,7 @@ func (d *device) waitFor(what string, cond func(apitype.Status) bool) apitype.St
 
 func (d *device) waitProvisioned() apitype.Status {
 	d.t.Helper()
-	return d.waitFor("provisioned", func(s apitype.Status) bool { return s.State == apitype.StateProvisioned })
+	return d.waitFor("provisioned", func(s apitype.Status) bool { return s.State == apitype.PhaseProvisioned })
 }
 
 // record reads the daemon's state.json.
@@ -426,7 +426,7 @@ func (d *device) stuckReregistration() []byte {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		d.t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	d.waitFor("the registration accepted", func(s apitype.Status) bool { return s.State == apitype.StateAssigning })
+	d.waitFor("the registration accepted", func(s apitype.Status) bool { return s.State == apitype.PhaseAssigning })
 	return old
 }
 

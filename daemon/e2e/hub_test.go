@@ -39,7 +39,7 @@ func TestHubDeletedDeviceIsReprovisioned(t *testing.T) {
 		t.Fatalf("DELETE device: %d", code)
 	}
 	again := d.waitFor("re-provisioned after the hub rejected the device", func(s apitype.Status) bool {
-		return s.Reason == apitype.ReasonHubRejected && s.State == apitype.StateProvisioned && s.Hub.Connected
+		return s.Reason == apitype.ReasonHubRejected && s.State == apitype.PhaseProvisioned && s.Hub.Connected
 	})
 	if again.DeviceID != s.DeviceID {
 		t.Errorf("device ID %s, want %s", again.DeviceID, s.DeviceID)
@@ -72,7 +72,7 @@ func TestDirectMethods(t *testing.T) {
 		t.Fatalf("method reprovision: HTTP %d, device answered %d", code, res.Status)
 	}
 	d.waitFor("re-provisioned on request", func(s apitype.Status) bool {
-		return s.Reason == apitype.ReasonRequested && s.State == apitype.StateProvisioned
+		return s.Reason == apitype.ReasonRequested && s.State == apitype.PhaseProvisioned
 	})
 }
 
@@ -137,7 +137,7 @@ func TestHubUnreachable(t *testing.T) {
 	closed := freeAddr(t)
 	emu, d, s := provisioned(t, "[hub]\nendpoint_override = \""+closed+"\"\n")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "unreachable" || s.State != apitype.StateProvisioned {
+	if s.Hub.Result != apitype.HubUnreachable || s.State != apitype.PhaseProvisioned {
 		t.Errorf("hub unreachable: state %s, hub %+v", s.State, s.Hub)
 	}
 	if n := registrations(t, emu, s.RegistrationID); n != 1 {
@@ -151,7 +151,7 @@ func TestDisabledEnrollment(t *testing.T) {
 	d := newDevice(t, emu, "")
 	d.enroll(map[string]any{"provisioningStatus": "disabled"})
 	d.start()
-	s := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	s := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.PhaseDisabled })
 	if s.LastError == nil || !strings.Contains(*s.LastError, "disabled") || s.NextAttemptAt == nil {
 		t.Errorf("disabled status without a reason or next attempt: %+v", s)
 	}
@@ -162,7 +162,7 @@ func TestUnknownEnrollmentFails(t *testing.T) {
 	emu := startEmulator(t, t.TempDir(), "")
 	d := newDevice(t, emu, "")
 	d.start() // never enrolled
-	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	s := d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	if s.LastError == nil || s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
 		t.Errorf("an unknown enrollment should fail with a slow retry: %+v", s)
 	}
@@ -175,7 +175,7 @@ func TestConfigChangeReprovisions(t *testing.T) {
 	d.writeConfig("[hub]\nverify = false\n[provisioning]\npayload = '{\"site\":\"plant-7\"}'\n")
 	d.start()
 	d.waitFor("re-provisioned for the new payload", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonConfigChanged
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonConfigChanged
 	})
 }
 
@@ -199,7 +199,7 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 			d := newDevice(t, emu, "")
 			info := d.enroll(nil)
 			d.start()
-			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == apitype.HubOK })
 			d.stop()
 
 			// A second emulator's hub: same host names, no such device.
@@ -227,9 +227,9 @@ func TestHubStillRejectsBacksOff(t *testing.T) {
 			d.waitProvisioned()
 			d.cli("check", "--socket", d.socket)
 			s := d.waitFor("failed after the hub kept refusing", func(s apitype.Status) bool {
-				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "still refuses")
+				return s.State == apitype.PhaseFailed && s.LastError != nil && strings.Contains(*s.LastError, "still refuses")
 			})
-			if s.Hub.Result != "rejected" {
+			if s.Hub.Result != apitype.HubRejected {
 				t.Errorf("hub %+v, want rejected", s.Hub)
 			}
 			if s.NextAttemptAt == nil || time.Until(*s.NextAttemptAt) < 10*time.Minute {
@@ -266,7 +266,7 @@ func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	disabled := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.StateDisabled })
+	disabled := d.waitFor("disabled", func(s apitype.Status) bool { return s.State == apitype.PhaseDisabled })
 	// A technician's registration, run to its end, is what one attempt
 	// costs; a second one after the token requests is the barrier: a
 	// registration the tokens wrongly woke starts at once and has run (or
@@ -281,7 +281,7 @@ func TestDeadKeyDoesNotDriveDPS(t *testing.T) {
 			t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 		}
 		s := d.waitFor("the requested registration", func(s apitype.Status) bool {
-			return s.State == apitype.StateDisabled && s.Attempts > now.Attempts
+			return s.State == apitype.PhaseDisabled && s.Attempts > now.Attempts
 		})
 		return s, emu.stats()["total"]
 	}

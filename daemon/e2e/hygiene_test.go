@@ -47,7 +47,7 @@ func TestSecretHygiene(t *testing.T) {
 		t.Fatalf("dpsd reprovision: exit %d: %s", code, errOut)
 	}
 	again := d.waitFor("re-provisioned on request", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.Reason == apitype.ReasonRequested &&
+		return s.State == apitype.PhaseProvisioned && s.Reason == apitype.ReasonRequested &&
 			s.ProvisionedAt != nil && !s.ProvisionedAt.Equal(*first.ProvisionedAt)
 	})
 	keys = append(keys, emu.deviceKey(again.DeviceID))

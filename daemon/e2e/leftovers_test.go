@@ -40,9 +40,9 @@ func TestObjectsLeftInTheTPM(t *testing.T) {
 
 	d.start()
 	again := d.waitFor("provisioned or failed", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned || s.State == apitype.StateFailed
+		return s.State == apitype.PhaseProvisioned || s.State == apitype.PhaseFailed
 	})
-	if again.State != apitype.StateProvisioned || again.DeviceID != s.DeviceID {
+	if again.State != apitype.PhaseProvisioned || again.DeviceID != s.DeviceID {
 		t.Fatalf("with three objects left in the TPM: %+v\n%s", again, d.log)
 	}
 	if !strings.Contains(d.log.String(), "flushed transient objects and sessions left in the TPM") {

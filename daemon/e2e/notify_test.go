@@ -97,7 +97,7 @@ func TestWaitingForTPM(t *testing.T) {
 	n := listenNotify(t)
 	d.env = []string{"NOTIFY_SOCKET=" + n.path}
 	d.start()
-	s := d.waitFor("waiting-for-tpm", func(s apitype.Status) bool { return s.State == apitype.StateWaitingForTPM })
+	s := d.waitFor("waiting-for-tpm", func(s apitype.Status) bool { return s.State == apitype.PhaseWaitingForTPM })
 	if s.LastError == nil || !strings.Contains(*s.LastError, "/dev/tpmrm-not-here") {
 		t.Errorf("lastError %v does not name the device", s.LastError)
 	}

@@ -16,7 +16,7 @@ func TestWarmRestartsDoNotConnect(t *testing.T) {
 	t.Parallel()
 	emu, d, s := provisioned(t, "")
 	s = d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result != "" })
-	if s.Hub.Result != "ok" {
+	if s.Hub.Result != apitype.HubOK {
 		t.Fatalf("hub check: %+v", s.Hub)
 	}
 	acc, _ := d.record()["hubAccepted"].(map[string]any)
@@ -29,9 +29,9 @@ func TestWarmRestartsDoNotConnect(t *testing.T) {
 		d.stop()
 		d.start()
 		w := d.waitFor("provisioned with the hub's recorded answer", func(s apitype.Status) bool {
-			return s.State == apitype.StateProvisioned && s.Hub.Result != ""
+			return s.State == apitype.PhaseProvisioned && s.Hub.Result != ""
 		})
-		if w.Hub.Result != "ok" || w.Hub.CheckedAt == nil || w.Reason != s.Reason {
+		if w.Hub.Result != apitype.HubOK || w.Hub.CheckedAt == nil || w.Reason != s.Reason {
 			t.Errorf("restart %d: status %+v, want provisioned as before with hub ok", i+1, w)
 		}
 	}
@@ -77,13 +77,13 @@ func TestReplacedKeyUnusable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			emu, d, _ := provisioned(t, "")
-			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == "ok" })
+			d.waitFor("hub check", func(s apitype.Status) bool { return s.Hub.Result == apitype.HubOK })
 			emu.faults(map[string]any{tc.fault: true})
 			reprovision(t, d)
 			s := d.waitFor("the failed registration", func(s apitype.Status) bool {
-				return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
+				return s.State == apitype.PhaseFailed && s.LastError != nil && strings.Contains(*s.LastError, tc.lastError)
 			})
-			if s.Hub.Result == "ok" {
+			if s.Hub.Result == apitype.HubOK {
 				t.Errorf("hub status %+v after DPS replaced the key in use", s.Hub)
 			}
 			if _, _, code := d.cli("token", "--socket", d.socket); code == 0 {
@@ -93,7 +93,7 @@ func TestReplacedKeyUnusable(t *testing.T) {
 			emu.faults(map[string]any{})
 			reprovision(t, d)
 			d.waitFor("provisioned with a new key", func(s apitype.Status) bool {
-				return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+				return s.State == apitype.PhaseProvisioned && s.Hub.Result == apitype.HubOK
 			})
 			tok := d.token()
 			if err := mqttConnect(t, emu, tok.Hub, tok.DeviceID, tok.SAS); err != nil {
@@ -113,12 +113,12 @@ func TestFailingRequestAcrossRestart(t *testing.T) {
 	if _, errOut, code := d.cli("reprovision", "--socket", d.socket); code != 0 {
 		t.Fatalf("dpsd reprovision: %d %s", code, errOut)
 	}
-	d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	d.waitFor("failed", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	d.stop()
 	before := emu.stats()["server_error"]
 	d.start()
 	d.waitFor("the request tried again", func(s apitype.Status) bool {
-		return s.State == apitype.StateFailed && s.Reason == apitype.ReasonRequested && emu.stats()["server_error"] > before
+		return s.State == apitype.PhaseFailed && s.Reason == apitype.ReasonRequested && emu.stats()["server_error"] > before
 	})
 	tok := d.token()
 	if tok.DeviceID != s.DeviceID {

@@ -170,7 +170,7 @@ func connect(ctx context.Context, cfg Config, methods *Handlers) (*conn, time.Du
 		expiry = cfg.Certificate.Leaf.NotAfter
 	} else {
 		var err error
-		if token, err = sas.New(ctx, cfg.Hub+"/devices/"+cfg.DeviceID, expiry, "", cfg.Sign); err != nil {
+		if token, err = sas.New(ctx, sas.DeviceResource(cfg.Hub, cfg.DeviceID), expiry, "", cfg.Sign); err != nil {
 			return nil, 0, signError{err}
 		}
 	}

@@ -67,7 +67,7 @@ func ctxFor(t *testing.T) context.Context {
 // token is a device token as §4.2 builds it, signed with key.
 func token(t *testing.T, hubHost, deviceID string, key []byte, expiry time.Time) string {
 	t.Helper()
-	tok, err := sas.New(t.Context(), hubHost+"/devices/"+deviceID, expiry, "", hubtest.Signer(key))
+	tok, err := sas.New(t.Context(), sas.DeviceResource(hubHost, deviceID), expiry, "", hubtest.Signer(key))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/backoff"
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
@@ -25,13 +25,11 @@ type Handlers struct {
 	Status func() any
 }
 
-// Reconnection delays: capped exponential backoff with jitter.
-const (
-	minBackoff = time.Second
-	maxBackoff = 5 * time.Minute
-	// stableSession: a session that lasted this long resets the backoff.
-	stableSession = time.Minute
-)
+// reconnect spaces the reconnection attempts (jittered).
+var reconnect = backoff.Policy{Base: time.Second, Max: 5 * time.Minute}
+
+// stableSession: a session that lasted this long resets the backoff.
+const stableSession = time.Minute
 
 // Stay keeps a session with the hub until ctx ends (then it returns nil):
 // it reports the reported properties once (unless nil), answers direct
@@ -65,7 +63,7 @@ func Stay(ctx context.Context, cfg Config, reported map[string]any, h Handlers, 
 				return err
 			}
 			failures++
-			delay := backoff(failures)
+			delay := reconnect.Jittered(failures)
 			log.Info("hub unreachable, retrying", "attempt", failures, "in", delay, "err", err)
 			if !sleep(ctx, delay) {
 				return nil
@@ -105,24 +103,13 @@ func Stay(ctx context.Context, cfg Config, reported map[string]any, h Handlers, 
 				failures = 0
 			}
 			failures++
-			delay := backoff(failures)
+			delay := reconnect.Jittered(failures)
 			log.Info("connection to the hub lost, reconnecting", "attempt", failures, "in", delay, "err", c.err)
 			if !sleep(ctx, delay) {
 				return nil
 			}
 		}
 	}
-}
-
-// backoff is the delay before reconnection attempt n (1, 2, …): doubling
-// from minBackoff up to maxBackoff, then a random point in its upper half
-// so that a fleet does not reconnect in step.
-func backoff(n int) time.Duration {
-	d := maxBackoff
-	if n < 20 {
-		d = min(minBackoff<<(n-1), maxBackoff)
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 // sleep waits d or until ctx ends; it reports whether d elapsed.

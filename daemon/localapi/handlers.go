@@ -150,7 +150,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 	for {
 		changed := s.backend.Changed()
 		st := s.backend.Status()
-		if st.State != apitype.StateStarting {
+		if st.State != apitype.PhaseStarting {
 			writeJSON(w, http.StatusOK, st)
 			return
 		}
@@ -311,7 +311,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // notProvisionedText is a token refusal in the backend's words; the bare
 // sentinel gains the state, which says what the device is doing instead.
-func notProvisionedText(err error, state apitype.State) string {
+func notProvisionedText(err error, state apitype.Phase) string {
 	if err.Error() == ErrNotProvisioned.Error() {
 		return fmt.Sprintf("%s (state %s)", ErrNotProvisioned, state)
 	}

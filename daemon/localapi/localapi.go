@@ -53,8 +53,8 @@ type Options struct {
 	SocketGroup string
 	// TokenAllow lists users and "@group"s that may get tokens ([token] allow).
 	TokenAllow []string
-	// MaxTTL caps the lifetime of a token ([token] max_ttl); zero means the
-	// design's default of 24h.
+	// MaxTTL caps the lifetime of a token ([token] max_ttl); zero means
+	// apitype.DefaultMaxTokenTTL.
 	MaxTTL time.Duration
 	// Log receives refusals (always, with uid and reason) and request traces
 	// (at debug level).
@@ -87,8 +87,6 @@ const (
 	shutdownGrace = 5 * time.Second
 	// defaultTTL is the token lifetime when the caller names none.
 	defaultTTL = time.Hour
-	// defaultMaxTTL is [token] max_ttl's default.
-	defaultMaxTTL = 24 * time.Hour
 )
 
 // Server serves the status API for one Backend.
@@ -117,7 +115,7 @@ func New(b Backend, o Options) *Server {
 	}
 	maxTTL := o.MaxTTL
 	if maxTTL <= 0 {
-		maxTTL = defaultMaxTTL
+		maxTTL = apitype.DefaultMaxTokenTTL
 	}
 	return &Server{
 		backend:           b,

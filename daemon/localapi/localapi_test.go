@@ -144,7 +144,7 @@ func TestHandler(t *testing.T) {
 
 func provisionedStatus() apitype.Status {
 	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
-	return apitype.Status{State: apitype.StateProvisioned, Reason: apitype.ReasonFirstBoot, DeviceID: "dev-1",
+	return apitype.Status{State: apitype.PhaseProvisioned, Reason: apitype.ReasonFirstBoot, DeviceID: "dev-1",
 		AssignedHub: "hub.example", ProvisionedAt: &at, Attempts: 1}
 }
 
@@ -391,7 +391,7 @@ func TestAnswersWaitForStart(t *testing.T) {
 		{"GET", "/v1/check", `"checks"`},
 		{"POST", "/v1/token", "SharedAccessSignature"},
 	}
-	b := localapitest.NewBackend(apitype.Status{State: apitype.StateStarting})
+	b := localapitest.NewBackend(apitype.Status{State: apitype.PhaseStarting})
 	settle := b.HoldStart()
 	srv := localapi.New(b, testOptions)
 	request := func(ctx context.Context, method, target string) *httptest.ResponseRecorder {

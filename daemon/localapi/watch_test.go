@@ -46,19 +46,19 @@ func serveWatched(t *testing.T, b *localapitest.Backend) (*client.Client, string
 // daemon stops.
 func TestWatch(t *testing.T) {
 	t.Parallel()
-	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	b := localapitest.NewBackend(apitype.Status{State: apitype.PhaseRegistering})
 	c, _, stop := serveWatched(t, b)
 
 	steps := []struct {
 		set  func()
-		want apitype.State // the next line's state
+		want apitype.Phase // the next line's state
 	}{
-		{func() {}, apitype.StateRegistering},
+		{func() {}, apitype.PhaseRegistering},
 		{func() {
-			b.SetStatus(apitype.Status{State: apitype.StateRegistering, TPM: apitype.TPMStatus{Commands: 7}})
-			b.SetStatus(apitype.Status{State: apitype.StateAssigning})
-		}, apitype.StateAssigning},
-		{func() { b.SetStatus(provisionedStatus()) }, apitype.StateProvisioned},
+			b.SetStatus(apitype.Status{State: apitype.PhaseRegistering, TPM: apitype.TPMStatus{Commands: 7}})
+			b.SetStatus(apitype.Status{State: apitype.PhaseAssigning})
+		}, apitype.PhaseAssigning},
+		{func() { b.SetStatus(provisionedStatus()) }, apitype.PhaseProvisioned},
 	}
 	seen := make(chan apitype.Status)
 	ended := make(chan error, 1)
@@ -84,7 +84,7 @@ func TestWatch(t *testing.T) {
 // status changes or other watchers; it gets the latest status when it reads.
 func TestSlowWatcherDoesNotBlock(t *testing.T) {
 	t.Parallel()
-	b := localapitest.NewBackend(apitype.Status{State: apitype.StateRegistering})
+	b := localapitest.NewBackend(apitype.Status{State: apitype.PhaseRegistering})
 	c, path, _ := serveWatched(t, b)
 
 	slow, err := net.Dial("unix", path)
@@ -98,12 +98,12 @@ func TestSlowWatcherDoesNotBlock(t *testing.T) {
 	big := strings.Repeat("x", 64<<10)
 	for i := range 200 {
 		msg := fmt.Sprintf("attempt %d: %s", i, big)
-		b.SetStatus(apitype.Status{State: apitype.StateFailed, LastError: &msg})
+		b.SetStatus(apitype.Status{State: apitype.PhaseFailed, LastError: &msg})
 	}
 	b.SetStatus(provisionedStatus())
 
 	err = c.Watch(context.Background(), func(st apitype.Status) error {
-		if st.State == apitype.StateProvisioned {
+		if st.State == apitype.PhaseProvisioned {
 			return errDone
 		}
 		return nil

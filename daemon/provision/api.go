@@ -26,7 +26,7 @@ func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, e
 		return apitype.Token{}, errClockUnset
 	}
 	expiry := e.now().Add(ttl).Truncate(time.Second)
-	tok, err := sas.New(ctx, id.hub+"/devices/"+id.deviceID, expiry, "", e.signer(e.device(), id.key))
+	tok, err := sas.New(ctx, sas.DeviceResource(id.hub, id.deviceID), expiry, "", e.signer(e.device(), id.key))
 	if errors.Is(err, tpmdev.ErrKeyInvalidated) {
 		// The signer woke the engine, which registers again.
 		return apitype.Token{}, e.noIdentity(keyNoLongerLoads)
@@ -54,12 +54,12 @@ func (e *Engine) noIdentity(why string) error {
 // stopped working.
 type identityLost struct {
 	why   string
-	state apitype.State
+	state apitype.Phase
 }
 
 func (l identityLost) Error() string {
 	now := ""
-	if l.state != apitype.StateProvisioned && l.state != "" {
+	if l.state != apitype.PhaseProvisioned && l.state != "" {
 		now = "now " + string(l.state) + "; "
 	}
 	return fmt.Sprintf("the device's hub key no longer works: %s; dpsd registers the device again by itself (%ssee dpsd status)", l.why, now)

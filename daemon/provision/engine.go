@@ -26,6 +26,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // Options wire an Engine. Config, Store, OpenTPM, DPS and Log are required.
@@ -100,7 +101,7 @@ func New(o Options) *Engine {
 		}
 		return device{dev}, nil
 	}
-	e.status.s = apitype.Status{State: apitype.StateStarting, Version: version.Version}
+	e.status.s = apitype.Status{State: apitype.PhaseStarting, Version: version.Version}
 	if o.Config != nil {
 		e.status.s.IDScope = o.Config.Provisioning.IDScope
 	}
@@ -194,7 +195,7 @@ func (e *Engine) converge(ctx context.Context, dev tpmDevice, reason apitype.Rea
 			// dated decades ago; the hub would refuse them.
 			return errClockUnset
 		}
-		e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+		e.setPhase(apitype.PhaseProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 		return nil
 	}
 	e.update(func(s *apitype.Status) { s.Reason = reason; s.Attempts++ })
@@ -206,13 +207,13 @@ func (e *Engine) converge(ctx context.Context, dev tpmDevice, reason apitype.Rea
 	rec = e.rec.get()
 	e.log.Info("registration finished", "reason", string(reason), "hub", rec.AssignedHub,
 		"device_id", rec.DeviceID, "took", e.o.Now().Sub(start).Round(time.Millisecond).String())
-	e.setPhase(apitype.StateProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
+	e.setPhase(apitype.PhaseProvisioned, fmt.Sprintf("provisioned: %s on %s", rec.DeviceID, rec.AssignedHub))
 	return nil
 }
 
 // settle sets the TPM up and decides the round's registration reason:
 // the forced one, or what comparing the device with the record finds.
-func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.State, reason apitype.Reason, first bool) (tpmKeys, apitype.Reason, error) {
+func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.Record, reason apitype.Reason, first bool) (tpmKeys, apitype.Reason, error) {
 	// Unless a technician asks (having enrolled a new TPM), a TPM whose EK
 	// is not the recorded one is left alone.
 	keys, err := e.setupTPM(ctx, dev, expectedEK(rec, reason))
@@ -229,7 +230,7 @@ func (e *Engine) settle(ctx context.Context, dev tpmDevice, rec state.State, rea
 	if rec.SRKName != "" && rec.SRKName != fp.srkName {
 		// The identity died with the old SRK, whatever the reason for this
 		// round: no token may be tried with it any more.
-		e.ids.drop("the SRK at 0x81000001 changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
+		e.ids.drop("the SRK at " + tpmhandle.SRK.String() + " changed (a TPM clear or a replaced SRK), which invalidates the key wrapped under it")
 	}
 	switch {
 	case reason == "":

@@ -97,7 +97,7 @@ func (e *running) until(t *testing.T, what string, cond func(apitype.Status) boo
 }
 
 func isProvisioned(s apitype.Status) bool {
-	return s.State == apitype.StateProvisioned && s.Hub.Result == "ok"
+	return s.State == apitype.PhaseProvisioned && s.Hub.Result == apitype.HubOK
 }
 
 // TestEngineRestarts: a first boot registers and proves the identity with
@@ -141,7 +141,7 @@ func TestEngineHubRejectionGatedOnce(t *testing.T) {
 	r.hub.err = hub.ErrRejected
 	e := r.start(t)
 	s := e.until(t, "the engine to give up slowly", func(s apitype.Status) bool {
-		return s.State == apitype.StateFailed && s.LastError != nil
+		return s.State == apitype.PhaseFailed && s.LastError != nil
 	})
 	if !strings.Contains(*s.LastError, "still refuses") {
 		t.Errorf("lastError %q, want it to say the hub still refuses", *s.LastError)
@@ -161,10 +161,10 @@ func TestEngineRequest(t *testing.T) {
 	r.dps.err = errors.New("DPS is down")
 	r.dps.mu.Unlock()
 	e.Reprovision(apitype.ReasonRequested)
-	e.until(t, "the request to fail", func(s apitype.Status) bool { return s.State == apitype.StateFailed })
+	e.until(t, "the request to fail", func(s apitype.Status) bool { return s.State == apitype.PhaseFailed })
 	_ = e.stop()
 	rec, _, err := (&state.Store{Dir: r.cfg.State.Dir}).Load()
-	if err != nil || rec.PendingReason != string(apitype.ReasonRequested) {
+	if err != nil || rec.PendingReason != apitype.ReasonRequested {
 		t.Fatalf("pending reason %q (%v), want requested", rec.PendingReason, err)
 	}
 
@@ -212,14 +212,14 @@ func TestEngineKeepsAnUnsavedIdentity(t *testing.T) {
 	r.tweak = func(e *Engine) { disk.recordFiles = e.rec.store; e.rec.store = disk }
 	e := r.start(t)
 	e.until(t, "the identity in use from memory", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.LastError != nil && strings.Contains(*s.LastError, "memory only")
+		return s.State == apitype.PhaseProvisioned && s.LastError != nil && strings.Contains(*s.LastError, "memory only")
 	})
 	if _, err := e.Token(context.Background(), time.Hour); err != nil {
 		t.Errorf("Token with the identity in memory: %v", err)
 	}
 	disk.full.Store(false)
 	e.until(t, "the identity saved, the error gone", func(s apitype.Status) bool {
-		return s.State == apitype.StateProvisioned && s.LastError == nil
+		return s.State == apitype.PhaseProvisioned && s.LastError == nil
 	})
 	if _, err := (&state.Store{Dir: r.cfg.State.Dir}).LoadIdentity(); err != nil {
 		t.Errorf("the identity on disk: %v", err)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // Sentinels callers and the status API branch on.
@@ -16,7 +17,7 @@ var (
 	ErrTPMReplaced = errors.New("the TPM was replaced (its endorsement key changed): create a new DPS enrollment for this device's new EK (dpsd enroll-info), then run dpsd reprovision")
 	// ErrOwnedByOther: the owner hierarchy has an auth dpsd does not know and
 	// there is no SRK; dpsd never guesses an auth it was not given.
-	ErrOwnedByOther = errors.New("the TPM is owned by someone else and has no SRK at 0x81000001: clear the TPM (tpm2_clear) or set [tpm] ownership = \"shared\" with owner_auth_file")
+	ErrOwnedByOther = errors.New("the TPM is owned by someone else and has no SRK at " + tpmhandle.SRK.String() + ": clear the TPM (tpm2_clear) or set [tpm] ownership = \"shared\" with owner_auth_file")
 	// ErrDisabled: DPS says the enrollment is disabled.
 	ErrDisabled = errors.New("DPS reports the enrollment as disabled: enable it in the DPS enrollment")
 )

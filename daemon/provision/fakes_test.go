@@ -14,6 +14,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // fakeTPM is a TPM in memory: one EK for life, an SRK and owner auth that
@@ -163,7 +164,7 @@ func (f *fakeTPM) Import(_ context.Context, blob, _ []byte) (*tpmdev.WrappedKey,
 	return f.wrap(blob), nil
 }
 
-func (f *fakeTPM) PersistAt(context.Context, *tpmdev.WrappedKey, string, []byte) error {
+func (f *fakeTPM) Persist(context.Context, *tpmdev.WrappedKey, tpmhandle.Handle, []byte) error {
 	defer f.cmd()()
 	return nil
 }

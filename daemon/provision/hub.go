@@ -81,7 +81,7 @@ func (e *Engine) showAccepted(acc *state.HubAcceptance) {
 	at := acc.At
 	e.update(func(s *apitype.Status) {
 		if s.Hub.Result == "" {
-			s.Hub = apitype.HubStatus{CheckedAt: &at, Result: "ok"}
+			s.Hub = apitype.HubStatus{CheckedAt: &at, Result: apitype.HubOK}
 		}
 	})
 }
@@ -107,18 +107,18 @@ func (e *Engine) proveWithHub(ctx context.Context, id *identity) error {
 	switch {
 	case err == nil:
 		e.hub.accepted.Store(true)
-		e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "ok"} })
+		e.update(func(s *apitype.Status) { s.Hub = apitype.HubStatus{CheckedAt: &now, Result: apitype.HubOK} })
 		e.log.Info("hub accepted the device", "hub", id.hub, "device_id", id.deviceID, "connect", took.Round(time.Millisecond).String())
 		e.noteHubAccepted(id)
 	case errors.Is(err, hub.ErrRejected):
 		e.update(func(s *apitype.Status) {
-			s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "rejected", Error: err.Error()}
+			s.Hub = apitype.HubStatus{CheckedAt: &now, Result: apitype.HubRejected, Error: err.Error()}
 		})
 		e.log.Warn("hub rejected the device", "hub", id.hub, "device_id", id.deviceID, "err", err)
 		e.noteHubRejected()
 	default:
 		e.update(func(s *apitype.Status) {
-			s.Hub = apitype.HubStatus{CheckedAt: &now, Result: "unreachable", Error: err.Error()}
+			s.Hub = apitype.HubStatus{CheckedAt: &now, Result: apitype.HubUnreachable, Error: err.Error()}
 		})
 		e.log.Warn("hub unreachable", "hub", id.hub, "err", err)
 	}
@@ -133,7 +133,7 @@ func (e *Engine) noteHubAccepted(id *identity) {
 		return
 	}
 	at := e.now().UTC().Truncate(time.Second)
-	err := e.rec.changeIf(func(r *state.State) bool {
+	err := e.rec.changeIf(func(r *state.Record) bool {
 		if hubAccepted(r.HubAccepted, id) || r.AssignedHub != id.hub || r.DeviceID != id.deviceID {
 			return false
 		}
@@ -148,7 +148,7 @@ func (e *Engine) noteHubAccepted(id *identity) {
 // noteHubRejected forgets a recorded acceptance: the next start checks
 // with the hub again.
 func (e *Engine) noteHubRejected() {
-	err := e.rec.changeIf(func(r *state.State) bool {
+	err := e.rec.changeIf(func(r *state.Record) bool {
 		had := r.HubAccepted != nil
 		r.HubAccepted = nil
 		return had
@@ -186,9 +186,9 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 			st.Hub.Connected = connected
 			st.Hub.CheckedAt = &now
 			if connected {
-				st.Hub.Result, st.Hub.Error = "ok", ""
+				st.Hub.Result, st.Hub.Error = apitype.HubOK, ""
 			} else if err != nil {
-				st.Hub.Result, st.Hub.Error = "unreachable", err.Error()
+				st.Hub.Result, st.Hub.Error = apitype.HubUnreachable, err.Error()
 			}
 		})
 	}
@@ -201,7 +201,7 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 		switch {
 		case errors.Is(err, hub.ErrRejected):
 			e.update(func(st *apitype.Status) {
-				st.Hub.Result, st.Hub.Error, st.Hub.Connected = "rejected", err.Error(), false
+				st.Hub.Result, st.Hub.Error, st.Hub.Connected = apitype.HubRejected, err.Error(), false
 			})
 			e.log.Warn("hub rejected the device", "hub", id.hub, "device_id", id.deviceID, "err", err)
 			e.noteHubRejected()
@@ -250,7 +250,7 @@ func (e *Engine) hubConfig(id *identity) hub.Config {
 
 // reported is the twin's reported "dpsd" section: enough for an operator
 // to see from the cloud how and why the device was provisioned.
-func (e *Engine) reported(rec state.State) map[string]any {
+func (e *Engine) reported(rec state.Record) map[string]any {
 	if !e.cfg.Hub.ReportTwin {
 		return nil
 	}

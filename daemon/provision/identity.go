@@ -66,7 +66,7 @@ const keyNoLongerLoads = "it no longer loads in the TPM (a TPM clear or a replac
 // tryKey tries the recorded identity key in the TPM and, when it loads,
 // makes it the identity in use. The error is the TPM's, when it could not
 // try (keyLoadFailed).
-func (e *Engine) tryKey(ctx context.Context, dev tpmDevice, rec state.State) (keyCheck, error) {
+func (e *Engine) tryKey(ctx context.Context, dev tpmDevice, rec state.Record) (keyCheck, error) {
 	if e.currentIdentity() != nil {
 		return keyProven, nil
 	}
@@ -100,7 +100,7 @@ func (e *Engine) tryKey(ctx context.Context, dev tpmDevice, rec state.State) (ke
 // provisioned as (registrationNeeded), and proves the stored identity
 // still loads. An empty reason means the device is provisioned and nothing
 // needs doing.
-func (e *Engine) needsRegistration(ctx context.Context, dev tpmDevice, rec state.State, fp fingerprint) (apitype.Reason, error) {
+func (e *Engine) needsRegistration(ctx context.Context, dev tpmDevice, rec state.Record, fp fingerprint) (apitype.Reason, error) {
 	f := tpmFacts{rec: rec, srkName: fp.srkName, configFP: e.cfg.ProvisioningFingerprint()}
 	reason, try := registrationNeeded(f)
 	if reason == apitype.ReasonTPMCleared {

@@ -38,8 +38,8 @@ type policy struct {
 // newPolicy is the policy of a start: it carries on with a registration a
 // technician asked for, or one sent to DPS, that had not completed when
 // the daemon stopped.
-func newPolicy(rec state.State, retry Retry, checkInterval time.Duration) policy {
-	return policy{retry: retry, checkInterval: checkInterval, reason: apitype.Reason(rec.PendingReason)}
+func newPolicy(rec state.Record, retry Retry, checkInterval time.Duration) policy {
+	return policy{retry: retry, checkInterval: checkInterval, reason: rec.PendingReason}
 }
 
 // round is what one round of Run does.
@@ -92,7 +92,7 @@ type next struct {
 	// backingOff: the wait follows a failure; a mere re-check does not cut
 	// it short (see cutsWait).
 	backingOff bool
-	state      apitype.State // the phase a failure shows
+	state      apitype.Phase // the phase a failure shows
 }
 
 // after decides what follows a round.
@@ -141,16 +141,16 @@ func (p policy) failWait(err error) time.Duration {
 }
 
 // failState is the phase a failure shows.
-func failState(err error) apitype.State {
+func failState(err error) apitype.Phase {
 	switch {
 	case errors.Is(err, ErrDisabled):
-		return apitype.StateDisabled
+		return apitype.PhaseDisabled
 	case errors.Is(err, errClockUnset):
-		return apitype.StateWaitingForTime
+		return apitype.PhaseWaitingForTime
 	case errors.Is(err, tpmdev.ErrUnreachable):
-		return apitype.StateWaitingForTPM
+		return apitype.PhaseWaitingForTPM
 	}
-	return apitype.StateFailed
+	return apitype.PhaseFailed
 }
 
 // woken takes a request that came while Run waited: a reason at least as
@@ -213,7 +213,7 @@ func pendingAfterCommit(pending apitype.Reason, has bool) apitype.Reason {
 // expectedEK is the EK digest the TPM must have for this round: the
 // recorded one, except when a technician asked for a registration (after
 // enrolling a replaced TPM); "" accepts any.
-func expectedEK(rec state.State, reason apitype.Reason) string {
+func expectedEK(rec state.Record, reason apitype.Reason) string {
 	if reason == apitype.ReasonRequested {
 		return ""
 	}
@@ -237,7 +237,7 @@ const (
 // tpmFacts is what a round compares: the record, the TPM as it is now and
 // the config.
 type tpmFacts struct {
-	rec      state.State
+	rec      state.Record
 	srkName  string // hex name of the SRK at 0x81000001 now
 	configFP string // the config's provisioning fingerprint now
 	key      keyCheck
@@ -278,7 +278,7 @@ const (
 
 // interruptedSwitch decides the fate of staged, the staged key (nil when
 // none), given the record found at start.
-func interruptedSwitch(rec state.State, found bool, staged []byte) switchStep {
+func interruptedSwitch(rec state.Record, found bool, staged []byte) switchStep {
 	switch {
 	case staged == nil:
 		return switchNone

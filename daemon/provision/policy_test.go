@@ -33,7 +33,7 @@ type step func(policy) (policy, any)
 
 // play runs a scenario from a start with record rec and returns the last
 // decision.
-func play(rec state.State, steps ...step) any {
+func play(rec state.Record, steps ...step) any {
 	p := newPolicy(rec, testRetry, checkEvery)
 	var got any
 	for _, s := range steps {
@@ -61,7 +61,7 @@ func wake(r apitype.Reason) step {
 // between matches a jittered wait after a failure: lo ≤ wait ≤ hi.
 type between struct {
 	lo, hi time.Duration
-	state  apitype.State
+	state  apitype.Phase
 }
 
 func (b between) match(got any) bool {
@@ -74,19 +74,19 @@ func (b between) match(got any) bool {
 type saveSoon struct{}
 
 // failed is the decision after a failure whose wait has no jitter.
-func failed(wait time.Duration, st apitype.State) next {
+func failed(wait time.Duration, st apitype.Phase) next {
 	return next{wait: wait, backingOff: true, state: st}
 }
 
 // Facts the cases share.
 var (
-	provisioned = state.State{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
+	provisioned = state.Record{RegistrationID: "reg", EKDigest: "ek", SRKName: "srk", ConfigFingerprint: "cfg"}
 	testKey     = &tpmdev.WrappedKey{Public: []byte("public")}
 	testID      = &identity{key: testKey, hub: "hub.example", deviceID: "dev"}
 	acc         = &state.HubAcceptance{KeyDigest: keyDigest(testKey), Hub: "hub.example", DeviceID: "dev"}
 	otherKey    = &state.HubAcceptance{KeyDigest: "other", Hub: "hub.example", DeviceID: "dev"}
 	staged      = []byte("staged key")
-	naming      = state.State{RegistrationID: "reg", IdentityDigest: digest(staged)}
+	naming      = state.Record{RegistrationID: "reg", IdentityDigest: digest(staged)}
 	dpsDown     = &dps.Error{Err: errors.New("connection refused")}
 	// A hub rejection, its registration, and the hub refusing the new key.
 	rejectedTwice = []step{begin, hubRefuses, begin, succeed, hubRefuses}
@@ -100,7 +100,7 @@ func facts(srk, cfg string, key keyCheck) tpmFacts {
 
 func need(f tpmFacts) any { r, try := registrationNeeded(f); return fmt.Sprint(r, "/", try) }
 
-func pending(r apitype.Reason) state.State { s := provisioned; s.PendingReason = string(r); return s }
+func pending(r apitype.Reason) state.Record { s := provisioned; s.PendingReason = r; return s }
 
 // policyCase is one rule at work: what the policy decided, and what it
 // should have.
@@ -114,8 +114,8 @@ func casesStart() []policyCase {
 	return []policyCase{
 		// First boot.
 		{"first boot registers", need(tpmFacts{srkName: "srk", configFP: "cfg"}), "first-boot/false"},
-		{"first boot's round is the first", play(state.State{}, begin), round{first: true}},
-		{"provisioned: check_interval until the next look", play(state.State{}, begin, succeed), next{wait: checkEvery}},
+		{"first boot's round is the first", play(state.Record{}, begin), round{first: true}},
+		{"provisioned: check_interval until the next look", play(state.Record{}, begin, succeed), next{wait: checkEvery}},
 
 		// Warm start: nothing to do, nothing to connect to.
 		{"warm start tries the recorded key", need(facts("srk", "cfg", keyUntried)), "/true"},
@@ -148,7 +148,7 @@ func casesClear() []policyCase {
 		{"a re-check forces nothing", play(provisioned, begin, succeed, wake(""), begin), round{}},
 
 		// Replaced TPM.
-		{"a replaced TPM fails slowly", play(provisioned, begin, fail(ErrTPMReplaced)), failed(perm, apitype.StateFailed)},
+		{"a replaced TPM fails slowly", play(provisioned, begin, fail(ErrTPMReplaced)), failed(perm, apitype.PhaseFailed)},
 		{"the recorded EK is expected", expectedEK(provisioned, ""), "ek"},
 		{"a technician's request accepts a new EK", expectedEK(provisioned, requested), ""},
 		{"a resumed tpm-cleared does not", expectedEK(provisioned, cleared), "ek"},
@@ -164,7 +164,7 @@ func casesHub() []policyCase {
 		{"a second rejection without an acceptance fails slowly",
 			play(provisioned, append(rejectedTwice, begin)...), round{reason: rejected, refuse: errHubStillRejects}},
 		{"the hub still rejecting waits the permanent delay",
-			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects))...), failed(perm, apitype.StateFailed)},
+			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects))...), failed(perm, apitype.PhaseFailed)},
 		{"after that wait the round forces nothing",
 			play(provisioned, append(rejectedTwice, begin, fail(errHubStillRejects), begin)...), round{}},
 		{"after that wait a rejection earns one more registration",
@@ -207,40 +207,40 @@ func casesRequests() []policyCase {
 func casesFailures() []policyCase {
 	return []policyCase{
 		// DPS down, throttling, server errors.
-		{"DPS down: a quick first retry", play(state.State{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+		{"DPS down: a quick first retry", play(state.Record{}, begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
 		{"DPS down: the backoff doubles",
-			play(state.State{}, begin, fail(dpsDown), begin, fail(dpsDown), begin, fail(dpsDown)), between{4 * time.Second, 8 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(dpsDown), begin, fail(dpsDown), begin, fail(dpsDown)), between{4 * time.Second, 8 * time.Second, apitype.PhaseFailed}},
 		{"DPS down: the backoff stops at ten minutes",
-			play(state.State{}, failTimes(dpsDown, 20)...), between{5 * time.Minute, 10 * time.Minute, apitype.StateFailed}},
+			play(state.Record{}, failTimes(dpsDown, 20)...), between{5 * time.Minute, 10 * time.Minute, apitype.PhaseFailed}},
 		{"429 waits its Retry-After",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 429, RetryAfter: 42 * time.Second})), failed(42*time.Second, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 429, RetryAfter: 42 * time.Second})), failed(42*time.Second, apitype.PhaseFailed)},
 		{"503's Retry-After is capped at ten minutes",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 503, RetryAfter: time.Hour})), failed(10*time.Minute, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 503, RetryAfter: time.Hour})), failed(10*time.Minute, apitype.PhaseFailed)},
 		{"500 without Retry-After backs off",
-			play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 500})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 500})), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
 		{"a success resets the backoff",
-			play(state.State{}, append(failTimes(dpsDown, 20), begin, succeed, begin, fail(dpsDown))...), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, append(failTimes(dpsDown, 20), begin, succeed, begin, fail(dpsDown))...), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
 
 		// Permanent errors.
-		{"an unknown enrollment (401) waits half an hour", play(state.State{}, begin, fail(&dps.Error{HTTPStatus: 401})), failed(perm, apitype.StateFailed)},
-		{"a disabled enrollment shows disabled", play(state.State{}, begin, fail(ErrDisabled)), failed(perm, apitype.StateDisabled)},
-		{"not DPS's protocol (a captive portal)", play(state.State{}, begin, fail(fmt.Errorf("x: %w", dps.ErrProtocol))), failed(perm, apitype.StateFailed)},
-		{"DPS failing the registration", play(state.State{}, begin, fail(permanent{errors.New("failed")})), failed(perm, apitype.StateFailed)},
-		{"a wrong hierarchy auth", play(state.State{}, begin, fail(tpmdev.ErrAuthFail)), failed(perm, apitype.StateFailed)},
+		{"an unknown enrollment (401) waits half an hour", play(state.Record{}, begin, fail(&dps.Error{HTTPStatus: 401})), failed(perm, apitype.PhaseFailed)},
+		{"a disabled enrollment shows disabled", play(state.Record{}, begin, fail(ErrDisabled)), failed(perm, apitype.PhaseDisabled)},
+		{"not DPS's protocol (a captive portal)", play(state.Record{}, begin, fail(fmt.Errorf("x: %w", dps.ErrProtocol))), failed(perm, apitype.PhaseFailed)},
+		{"DPS failing the registration", play(state.Record{}, begin, fail(permanent{errors.New("failed")})), failed(perm, apitype.PhaseFailed)},
+		{"a wrong hierarchy auth", play(state.Record{}, begin, fail(tpmdev.ErrAuthFail)), failed(perm, apitype.PhaseFailed)},
 		{"a refused poll (lost operation) starts over soon",
-			play(state.State{}, begin, fail(restart{&dps.Error{HTTPStatus: 404}})), between{time.Second, 2 * time.Second, apitype.StateFailed}},
-		{"NV full waits half an hour", play(state.State{}, begin, fail(tpmdev.ErrNVFull)), failed(perm, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(restart{&dps.Error{HTTPStatus: 404}})), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
+		{"NV full waits half an hour", play(state.Record{}, begin, fail(tpmdev.ErrNVFull)), failed(perm, apitype.PhaseFailed)},
 
 		// Permanent failures a technician fixes on the device: looked at every check_interval.
-		{"owned by someone else", play(state.State{}, begin, fail(ErrOwnedByOther)), failed(checkEvery, apitype.StateFailed)},
+		{"owned by someone else", play(state.Record{}, begin, fail(ErrOwnedByOther)), failed(checkEvery, apitype.PhaseFailed)},
 		{"a foreign key at dpsd's handle",
-			play(state.State{}, begin, fail(permanent{fmt.Errorf("x: %w", tpmdev.ErrForeignObject)})), failed(checkEvery, apitype.StateFailed)},
-		{"owner.auth deleted", play(provisioned, begin, fail(fmt.Errorf("x: %w", errOwnerAuthMissing))), failed(checkEvery, apitype.StateFailed)},
+			play(state.Record{}, begin, fail(permanent{fmt.Errorf("x: %w", tpmdev.ErrForeignObject)})), failed(checkEvery, apitype.PhaseFailed)},
+		{"owner.auth deleted", play(provisioned, begin, fail(fmt.Errorf("x: %w", errOwnerAuthMissing))), failed(checkEvery, apitype.PhaseFailed)},
 
 		// The TPM and the clock.
 		{"an unreachable TPM shows waiting-for-tpm",
-			play(provisioned, begin, fail(fmt.Errorf("x: %w", tpmdev.ErrUnreachable))), between{time.Second, 2 * time.Second, apitype.StateWaitingForTPM}},
-		{"a clock before the build date is looked at every 5 s", play(provisioned, begin, fail(errClockUnset)), failed(clockPoll, apitype.StateWaitingForTime)},
+			play(provisioned, begin, fail(fmt.Errorf("x: %w", tpmdev.ErrUnreachable))), between{time.Second, 2 * time.Second, apitype.PhaseWaitingForTPM}},
+		{"a clock before the build date is looked at every 5 s", play(provisioned, begin, fail(errClockUnset)), failed(clockPoll, apitype.PhaseWaitingForTime)},
 	}
 }
 
@@ -250,12 +250,12 @@ func casesDisk() []policyCase {
 		{"nothing staged", interruptedSwitch(naming, true, nil), switchNone},
 		{"the record names the staged key: finish", interruptedSwitch(naming, true, staged), switchFinish},
 		{"no record names it: discard", interruptedSwitch(provisioned, true, staged), switchDiscard},
-		{"no record at all: discard", interruptedSwitch(state.State{}, false, staged), switchDiscard},
+		{"no record at all: discard", interruptedSwitch(state.Record{}, false, staged), switchDiscard},
 
 		// The assigned key the disk refused stays in memory.
-		{"a failed save is tried again soon", play(state.State{}, begin, saveFails()), saveSoon{}},
-		{"a failed save registers nothing", play(state.State{}, begin, saveFails(), begin), round{}},
-		{"a saved identity waits check_interval", play(state.State{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
+		{"a failed save is tried again soon", play(state.Record{}, begin, saveFails()), saveSoon{}},
+		{"a failed save registers nothing", play(state.Record{}, begin, saveFails(), begin), round{}},
+		{"a saved identity waits check_interval", play(state.Record{}, begin, saveFails(), begin, after(outcome{unsaved: true})), next{wait: checkEvery}},
 	}
 }
 
@@ -268,7 +268,7 @@ func casesPoll() []policyCase {
 		{"never poll past the deadline", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, time.Second)), "1s true"},
 		{"the poll deadline passed", fmt.Sprint(pollDelay(3*time.Second, 10*time.Minute, 0)), "0s false"},
 		{"a stuck assignment fails and backs off",
-			play(state.State{}, begin, fail(fmt.Errorf("%w: still assigning", errAssignTimeout))), between{time.Second, 2 * time.Second, apitype.StateFailed}},
+			play(state.Record{}, begin, fail(fmt.Errorf("%w: still assigning", errAssignTimeout))), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
 		{"a request interrupts polling", interruptsPoll(requested), true},
 		{"a hub rejection does not", interruptsPoll(rejected), false},
 		{"nor does a re-check", interruptsPoll(""), false},

@@ -51,13 +51,13 @@ func TestStuckAssignmentStartsOver(t *testing.T) {
 
 	waitFor(t, "the registration to give up on DPS", func() bool {
 		s := e.Status()
-		return s.State == apitype.StateFailed && s.LastError != nil && strings.Contains(*s.LastError, "did not assign")
+		return s.State == apitype.PhaseFailed && s.LastError != nil && strings.Contains(*s.LastError, "did not assign")
 	})
 	waitFor(t, "a new challenge", func() bool { return f.emu.Stats()["register_challenge"] >= 2 })
 
 	// DPS recovers: the device provisions.
 	f.faults(t, dpsemu.DPSFaults{})
-	waitFor(t, "provisioned", func() bool { return e.Status().State == apitype.StateProvisioned })
+	waitFor(t, "provisioned", func() bool { return e.Status().State == apitype.PhaseProvisioned })
 }
 
 // TestRequestInterruptsPolling: DPS parks the device with a Retry-After of
@@ -66,18 +66,18 @@ func TestStuckAssignmentStartsOver(t *testing.T) {
 func TestRequestInterruptsPolling(t *testing.T) {
 	f := newFixture(t)
 	e := f.run(t, provision.Retry{})
-	waitFor(t, "provisioned", func() bool { return e.Status().State == apitype.StateProvisioned })
+	waitFor(t, "provisioned", func() bool { return e.Status().State == apitype.PhaseProvisioned })
 
 	forever := 1 << 30
 	f.faults(t, dpsemu.DPSFaults{AssignAfterPolls: &forever, PollRetryAfter: 999999999})
 	e.Reprovision(apitype.ReasonRequested)
-	waitFor(t, "assigning", func() bool { return e.Status().State == apitype.StateAssigning })
+	waitFor(t, "assigning", func() bool { return e.Status().State == apitype.PhaseAssigning })
 	before := f.emu.Stats()["register_challenge"]
 
 	f.faults(t, dpsemu.DPSFaults{})
 	e.Reprovision(apitype.ReasonRequested)
 	waitFor(t, "a new challenge", func() bool { return f.emu.Stats()["register_challenge"] > before })
-	waitFor(t, "provisioned again", func() bool { return e.Status().State == apitype.StateProvisioned })
+	waitFor(t, "provisioned again", func() bool { return e.Status().State == apitype.PhaseProvisioned })
 	if n := f.emu.Stats()["assigned"]; n != 2 {
 		t.Errorf("%d assignments, want 2 (first boot, the request)", n)
 	}

@@ -11,11 +11,11 @@ import (
 
 // loadRecord reads the provisioning record, makes it the engine's, and
 // finishes or undoes an identity switch that a crash interrupted.
-func (e *Engine) loadRecord() state.State {
+func (e *Engine) loadRecord() state.Record {
 	rec, found, err := e.o.Store.Load()
 	if err != nil {
 		e.log.Error("state file unusable: treating the device as fresh", "dir", e.cfg.State.Dir, "err", err)
-		rec, found = state.State{}, false
+		rec, found = state.Record{}, false
 	}
 	staged, err := e.o.Store.LoadStaged()
 	if err != nil {
@@ -30,14 +30,14 @@ func (e *Engine) loadRecord() state.State {
 		e.log.Info("discarded an identity from an interrupted registration", "err", err)
 	}
 	if !found {
-		return state.State{}
+		return state.Record{}
 	}
 	e.rec.init(rec)
 	e.update(func(s *apitype.Status) {
 		s.RegistrationID = rec.RegistrationID
 		s.AssignedHub = rec.AssignedHub
 		s.DeviceID = rec.DeviceID
-		s.Reason = apitype.Reason(rec.Reason)
+		s.Reason = rec.Reason
 		if !rec.ProvisionedAt.IsZero() {
 			t := rec.ProvisionedAt
 			s.ProvisionedAt = &t
@@ -53,7 +53,7 @@ type ledger struct {
 	store recordFiles
 
 	mu  sync.Mutex
-	rec state.State
+	rec state.Record
 	// unsavedKey is the identity key rec names when it is not on disk yet
 	// (the disk refused it after DPS had assigned it).
 	unsavedKey []byte
@@ -62,20 +62,20 @@ type ledger struct {
 // recordFiles is where the ledger writes: a *state.Store, or a disk that
 // refuses in unit tests.
 type recordFiles interface {
-	Save(state.State) (written bool, err error)
+	Save(state.Record) (written bool, err error)
 	StageIdentity(key []byte) error
 	CommitIdentity() error
 	DiscardStaged() error
 }
 
-func (l *ledger) init(rec state.State) {
+func (l *ledger) init(rec state.Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rec = rec
 }
 
 // get returns a copy of the record.
-func (l *ledger) get() state.State {
+func (l *ledger) get() state.Record {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.rec
@@ -83,7 +83,7 @@ func (l *ledger) get() state.State {
 
 // change applies f to the record and saves it. The change stands in
 // memory even when the save fails; the caller decides what that means.
-func (l *ledger) change(f func(*state.State)) error {
+func (l *ledger) change(f func(*state.Record)) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	f(&l.rec)
@@ -91,7 +91,7 @@ func (l *ledger) change(f func(*state.State)) error {
 }
 
 // changeIf is change when f reports a change; nothing is saved otherwise.
-func (l *ledger) changeIf(f func(*state.State) bool) error {
+func (l *ledger) changeIf(f func(*state.Record) bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !f(&l.rec) {
@@ -103,7 +103,7 @@ func (l *ledger) changeIf(f func(*state.State) bool) error {
 // adopt makes next, which names the identity key raw, the record, and
 // switches the identity on disk. When that fails, the key stays in memory
 // (unsaved) and every later save tries the whole switch again.
-func (l *ledger) adopt(next state.State, raw []byte) error {
+func (l *ledger) adopt(next state.Record, raw []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rec, l.unsavedKey = next, raw

@@ -14,6 +14,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // DPS is the part of the DPS client the engine uses.
@@ -46,7 +47,7 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 		payload = json.RawMessage(e.cfg.Provisioning.Payload)
 	}
 
-	e.setPhase(apitype.StateRegistering, "registering with DPS as "+regID)
+	e.setPhase(apitype.PhaseRegistering, "registering with DPS as "+regID)
 	ch, err := e.o.DPS.Challenge(ctx, regID, keys.ek.Public, keys.srk.Public, payload)
 	if err != nil {
 		return fmt.Errorf("requesting the TPM challenge: %w", err)
@@ -58,7 +59,7 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 	if err != nil {
 		return fmt.Errorf("activating the challenge: %w", err)
 	}
-	token, err := sas.New(ctx, e.cfg.Provisioning.IDScope+"/registrations/"+regID,
+	token, err := sas.New(ctx, sas.RegistrationResource(e.cfg.Provisioning.IDScope, regID),
 		e.now().Add(registrationTokenTTL), ch.KeyName, e.signer(dev, challengeKey))
 	if err != nil {
 		return fmt.Errorf("signing the registration token in the TPM: %w", err)
@@ -113,7 +114,7 @@ func assigned(op *dps.Operation) (*dps.RegistrationState, error) {
 // awaitAssignment polls the operation until DPS has decided, within
 // Retry.Assign. A technician's request cuts it short (errRestartRequested).
 func (e *Engine) awaitAssignment(ctx context.Context, regID string, op *dps.Operation, token string) (*dps.Operation, error) {
-	e.setPhase(apitype.StateAssigning, "waiting for DPS to assign a hub")
+	e.setPhase(apitype.PhaseAssigning, "waiting for DPS to assign a hub")
 	deadline := time.Now().Add(e.o.Retry.Assign)
 	for op.Status == dps.StatusAssigning || op.Status == dps.StatusUnassigned {
 		wait, ok := pollDelay(op.RetryAfter, e.o.Retry.Max, time.Until(deadline))
@@ -146,8 +147,8 @@ func (e *Engine) prepareSwitch(reason apitype.Reason) error {
 	if err := e.o.Store.CheckWritable(state.CommitSpace); err != nil {
 		return fmt.Errorf("the state directory cannot keep a new identity, so dpsd does not ask DPS for one: %w", err)
 	}
-	err := e.rec.change(func(r *state.State) {
-		r.PendingReason = string(stronger(apitype.Reason(r.PendingReason), reason))
+	err := e.rec.change(func(r *state.Record) {
+		r.PendingReason = stronger(r.PendingReason, reason)
 		r.HubAccepted = nil
 	})
 	if err != nil {
@@ -188,7 +189,7 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 	}
 	fp := keys.fingerprint()
 	prev := e.rec.get()
-	next := state.State{
+	next := state.Record{
 		RegistrationID:    regID,
 		IDScope:           e.cfg.Provisioning.IDScope,
 		AssignedHub:       rs.AssignedHub,
@@ -196,12 +197,12 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 		EKDigest:          fp.ekDigest,
 		SRKName:           fp.srkName,
 		ProvisionedAt:     e.now().UTC().Truncate(time.Second),
-		Reason:            string(reason),
+		Reason:            reason,
 		ConfigFingerprint: e.cfg.ProvisioningFingerprint(),
 		IdentityDigest:    digest(raw),
 		Version:           version.Version,
 		OwnerAuthSealed:   e.ownerAuthSealed(&prev, fp.srkName),
-		PendingReason:     string(e.pendingAfterCommit()),
+		PendingReason:     e.pendingAfterCommit(),
 	}
 	e.ids.set(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
 	e.update(func(s *apitype.Status) {
@@ -215,7 +216,7 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 	if err := e.rec.adopt(next, raw); err != nil {
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
-	if h := e.cfg.TPM.IdentityHandle; h != "" {
+	if h := e.cfg.TPM.IdentityHandle; h != 0 {
 		if err := e.persistIdentity(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
 			e.log.Error("persisting the identity key for other apps failed", "handle", h, "err", err)
@@ -233,12 +234,12 @@ func (e *Engine) pendingAfterCommit() apitype.Reason {
 
 // persistIdentity makes the identity key persistent at handle, for other
 // SDK apps.
-func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
+func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle tpmhandle.Handle) error {
 	owner, err := keys.ownerAuth(ctx)
 	if err != nil {
 		return err
 	}
-	return dev.PersistAt(ctx, key, handle, owner)
+	return dev.Persist(ctx, key, handle, owner)
 }
 
 // signer signs with key inside the TPM.

@@ -19,8 +19,8 @@ func (e *Engine) Reprovision(reason apitype.Reason) {
 	if reason == "" {
 		reason = apitype.ReasonRequested
 	}
-	err := e.rec.change(func(r *state.State) {
-		r.PendingReason = string(stronger(apitype.Reason(r.PendingReason), reason))
+	err := e.rec.change(func(r *state.Record) {
+		r.PendingReason = stronger(r.PendingReason, reason)
 	})
 	if err != nil {
 		e.log.Error("saving the registration request failed: it is carried out, but a restart before it completes forgets it",

@@ -1,12 +1,13 @@
 package provision
 
 import (
-	"math/rand/v2"
 	"time"
+
+	"github.com/dpsd-project/dpsd/daemon/backoff"
 )
 
 // Retry is the policy between failed attempts. Transient failures back off
-// exponentially with full jitter up to Max; a server's Retry-After wins;
+// exponentially with jitter up to Max (backoff.Policy); a server's Retry-After wins;
 // permanent failures wait Permanent.
 type Retry struct {
 	Base      time.Duration
@@ -34,11 +35,5 @@ func (r Retry) Delay(n int, retryAfter time.Duration, perm bool) time.Duration {
 	if retryAfter > 0 {
 		return min(retryAfter, r.Max)
 	}
-	ceiling := r.Base
-	for i := 1; i < n && ceiling < r.Max; i++ {
-		ceiling *= 2
-	}
-	ceiling = min(ceiling, r.Max)
-	// Full jitter: a fleet that lost DPS at once must not come back at once.
-	return ceiling/2 + rand.N(ceiling/2+1)
+	return backoff.Policy{Base: r.Base, Max: r.Max}.Jittered(n)
 }

@@ -36,7 +36,7 @@ func (b *board) update(f func(s *apitype.Status)) {
 	}
 }
 
-func (b *board) phase(st apitype.State, text string) {
+func (b *board) phase(st apitype.Phase, text string) {
 	changed := false
 	b.update(func(s *apitype.Status) { changed = s.State != st; s.State = st })
 	if changed {
@@ -56,7 +56,7 @@ func (e *Engine) Status() apitype.Status {
 	return s
 }
 
-func (e *Engine) setPhase(s apitype.State, text string) { e.status.phase(s, text) }
+func (e *Engine) setPhase(s apitype.Phase, text string) { e.status.phase(s, text) }
 func (e *Engine) update(f func(s *apitype.Status))      { e.status.update(f) }
 func (e *Engine) showError(msg string, next *time.Time) {
 	e.update(func(s *apitype.Status) { s.LastError, s.NextAttemptAt = &msg, next })

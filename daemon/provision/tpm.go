@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/backoff"
 	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/daemon/enroll"
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
 
 // tpmKeys is what setupTPM establishes: the EK and SRK publics and the
@@ -69,8 +71,8 @@ type tpmDevice interface {
 	// Import activates the challenge of a DPS authenticationKey blob and
 	// imports the key it wraps under the SRK.
 	Import(ctx context.Context, blob, endorsementAuth []byte) (*tpmdev.WrappedKey, error)
-	// PersistAt makes k persistent at handle ("0x8100...") for other apps.
-	PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error
+	// Persist makes k persistent at a handle for other apps.
+	Persist(ctx context.Context, k *tpmdev.WrappedKey, at tpmhandle.Handle, ownerAuth []byte) error
 }
 
 // device is a *tpmdev.Device as the engine uses it.
@@ -82,14 +84,6 @@ func (d device) Import(ctx context.Context, raw, endorsementAuth []byte) (*tpmde
 		return nil, permanent{fmt.Errorf("DPS sent a malformed authenticationKey: %w", err)}
 	}
 	return d.ActivateAndImport(ctx, b, endorsementAuth)
-}
-
-func (d device) PersistAt(ctx context.Context, k *tpmdev.WrappedKey, handle string, ownerAuth []byte) error {
-	h, err := tpmdev.ParseHandle(handle)
-	if err != nil {
-		return err
-	}
-	return d.Persist(ctx, k, h, ownerAuth)
 }
 
 // tpmSlot is the open TPM and what the status API reads of it.
@@ -122,12 +116,15 @@ func (e *Engine) device() tpmDevice {
 	return dev
 }
 
+// tpmWait spaces the tries to open a TPM device that is not there yet; no
+// jitter, as it is local.
+var tpmWait = backoff.Policy{Base: time.Second, Max: 30 * time.Second}
+
 // waitForTPM opens the TPM, waiting for a device that has not appeared yet
 // (udev may be late, a module may load later).
 func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
-	delay := time.Second
 	var last string
-	for {
+	for n := 1; ; n++ {
 		dev, err := e.openTPM()
 		if err == nil {
 			e.tpm.set(dev)
@@ -139,7 +136,7 @@ func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 			msg += ": the service user needs the group that owns the device (tss on Debian, from the tpm-udev package)"
 		}
 		e.update(func(s *apitype.Status) { s.LastError = &msg })
-		e.setPhase(apitype.StateWaitingForTPM, "waiting for the TPM: "+msg)
+		e.setPhase(apitype.PhaseWaitingForTPM, "waiting for the TPM: "+msg)
 		if msg != last { // once per cause, not every retry
 			e.log.Error("opening the TPM failed", "device", e.cfg.TPM.Device, "err", msg)
 			last = msg
@@ -148,9 +145,8 @@ func (e *Engine) waitForTPM(ctx context.Context) (tpmDevice, error) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(delay):
+		case <-time.After(tpmWait.Ceiling(n)):
 		}
-		delay = min(2*delay, 30*time.Second)
 	}
 }
 
@@ -178,7 +174,7 @@ func (e *Engine) setupTPM(ctx context.Context, dev tpmDevice, expectEK string) (
 	case err == nil:
 		return k, nil
 	case errors.Is(err, tpmdev.ErrForeignObject):
-		return k, permanent{fmt.Errorf("0x81000001 holds a key that is not the standard SRK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81000001) or clear the TPM: %w", err)}
+		return k, permanent{fmt.Errorf("%v holds a key that is not the standard SRK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c %[1]v) or clear the TPM: %w", tpmhandle.SRK, err)}
 	case !errors.Is(err, tpmdev.ErrNotFound):
 		return k, fmt.Errorf("reading the SRK: %w", err)
 	}
@@ -218,7 +214,7 @@ func (e *Engine) ensureEK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmdev
 		ek, err = dev.EnsureEK(ctx, enroll.Template(e.cfg.TPM.EKTemplate), k.endorsementAuth, owner)
 	}
 	if errors.Is(err, tpmdev.ErrForeignObject) {
-		return ek, permanent{fmt.Errorf("0x81010001 holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c 0x81010001) or clear the TPM: %w", err)}
+		return ek, permanent{fmt.Errorf("%v holds a key that is not an RSA-2048 EK; dpsd never evicts it: remove it (tpm2_evictcontrol -C o -c %[1]v) or clear the TPM: %w", tpmhandle.EK, err)}
 	}
 	if err != nil {
 		return ek, fmt.Errorf("ensuring the EK: %w", err)
@@ -247,7 +243,7 @@ func (e *Engine) createSRK(ctx context.Context, dev tpmDevice, k tpmKeys) (tpmKe
 	if own.OwnerAuthSet {
 		return k, ErrOwnedByOther
 	}
-	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM and creating the SRK")
+	e.setPhase(apitype.PhaseTakingOwnership, "taking ownership of the TPM and creating the SRK")
 	if k.srk, err = dev.EnsureSRK(ctx, nil); err != nil {
 		return k, fmt.Errorf("creating the SRK: %w", err)
 	}
@@ -345,7 +341,7 @@ func (e *Engine) ensureOwnership(ctx context.Context, dev tpmDevice) error {
 	if own.OwnerAuthSet || e.cfg.TPM.Ownership == config.OwnershipShared {
 		return nil
 	}
-	e.setPhase(apitype.StateTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
+	e.setPhase(apitype.PhaseTakingOwnership, "taking ownership of the TPM (its owner auth is empty)")
 	return e.takeOwnership(ctx, dev)
 }
 
@@ -365,7 +361,7 @@ func (e *Engine) readOwnership(ctx context.Context, dev tpmDevice) (tpmdev.Owner
 // sealed copy is in owner.auth, or the previous record prev said so and the
 // SRK, which a clear changes, is still srkName (a deleted owner.auth stays
 // on the record).
-func (e *Engine) ownerAuthSealed(prev *state.State, srkName string) bool {
+func (e *Engine) ownerAuthSealed(prev *state.Record, srkName string) bool {
 	if e.cfg.TPM.Ownership == config.OwnershipShared || !e.Status().TPM.OwnerAuthSet {
 		return false
 	}

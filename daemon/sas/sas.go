@@ -39,11 +39,25 @@ const Scheme = "SharedAccessSignature"
 // ID ≤ 128) fully percent-encoded stays far below it.
 const maxTokenLen = 4096
 
+// RegistrationResource is the resource a DPS registration's token is for
+// (§4.1): "{idScope}/registrations/{registrationId}". DPS also puts it,
+// as the trailer, into the challenge it encrypts to the EK.
+func RegistrationResource(idScope, registrationID string) string {
+	return idScope + "/registrations/" + registrationID
+}
+
+// DeviceResource is the resource a hub device token is for (§4.2):
+// "{hub}/devices/{deviceId}". DPS puts it, as the trailer, into the
+// hub key it encrypts to the EK.
+func DeviceResource(hub, deviceID string) string {
+	return hub + "/devices/" + deviceID
+}
+
 // Signer computes HMAC-SHA256 of data with the identity key, in the TPM.
 type Signer func(ctx context.Context, data []byte) ([]byte, error)
 
-// New makes a token for resource (e.g. "{idScope}/registrations/{regId}" or
-// "{hub}/devices/{deviceId}") valid until expiry. It emits the Node/C# form:
+// New makes a token for resource (RegistrationResource or DeviceResource)
+// valid until expiry. It emits the Node/C# form:
 // sr percent-encoded with uppercase hex (so "/" is "%2F"), sig the
 // percent-encoded standard base64 of the HMAC, se in decimal seconds, and
 // skn only when keyName is not empty (DPS wants skn=registration; a hub

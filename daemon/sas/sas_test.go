@@ -321,3 +321,17 @@ func BenchmarkParseVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestResources pins the two resource shapes of §4 to the strings the
+// vectors above sign.
+func TestResources(t *testing.T) {
+	tests := []struct{ name, got, want string }{
+		{"DPS registration", RegistrationResource("0ne00000A0A", vectorRegID), dpsResource},
+		{"hub device", DeviceResource("contoso.azure-devices.net", "mydevice"), "contoso.azure-devices.net/devices/mydevice"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, tt.got, tt.want)
+		}
+	}
+}

@@ -19,10 +19,8 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
 	"github.com/dpsd-project/dpsd/tpmdev"
+	"github.com/dpsd-project/dpsd/tpmdev/tpmhandle"
 )
-
-// serviceUser is the account dpsd.service runs as.
-const serviceUser = "dpsd"
 
 // Local does the work in this process; its methods implement
 // cli.Standalone.
@@ -47,7 +45,7 @@ func quietLog(stderr io.Writer) *slog.Logger {
 
 // Check runs the checks because the daemon does not answer on socket.
 func (Local) Check(ctx context.Context, configPath, socket string, stderr io.Writer) apitype.CheckReport {
-	env := check.Env{ConfigPath: configPath, ServiceUser: serviceUser, BuildTime: version.BuildTime(), Now: time.Now}
+	env := check.Env{ConfigPath: configPath, ServiceUser: apitype.ServiceUser, BuildTime: version.BuildTime(), Now: time.Now}
 	cfg, err := loadConfig(configPath)
 	if err != nil {
 		env.ConfigErr = err
@@ -139,7 +137,7 @@ func createEK(ctx context.Context, dev *tpmdev.Device, tmpl tpmdev.EKTemplate, s
 	}
 	ek, err := dev.EnsureEK(ctx, tmpl, nil, nil)
 	if err == nil && ek.Created {
-		fmt.Fprintln(stderr, "dpsd enroll-info: the TPM had no EK: created and persisted it at 0x81010001, as dpsd does at first start")
+		fmt.Fprintf(stderr, "dpsd enroll-info: the TPM had no EK: created and persisted it at %s, as dpsd does at first start\n", tpmhandle.EK)
 	}
 	return ek, err
 }

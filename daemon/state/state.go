@@ -1,7 +1,7 @@
 // Package state keeps what dpsd must remember across restarts, in the
 // directory of [state] dir (normally /var/lib/dpsd):
 //
-//	state.json        the provisioning record (State)
+//	state.json        the provisioning record (Record)
 //	identity.key      the hub credential: the SRK-wrapped HMAC key, opaque here
 //	identity.key.new  a credential staged during a registration, not yet in use
 //	owner.auth        the owner auth dpsd set, sealed under the SRK, opaque here
@@ -15,7 +15,7 @@
 //
 // The identity is switched in two steps so that the device never loses a
 // working key: StageIdentity writes the new key beside the old one, the
-// caller saves the State naming it (IdentityDigest), and CommitIdentity
+// caller saves the Record naming it (IdentityDigest), and CommitIdentity
 // renames it over identity.key. After a crash, the caller compares the
 // staged key with the record's IdentityDigest: equal means the record was
 // saved and CommitIdentity finishes the switch; different means the
@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/apitype"
 	"github.com/dpsd-project/dpsd/daemon/filelimit"
 )
 
@@ -65,11 +66,11 @@ const maxFileSize = 1 << 20
 // it and carries on as a fresh device; the next Save replaces the file.
 var ErrCorrupt = errors.New("state file corrupt")
 
-// State is the provisioning record in state.json. The provisioning engine
+// Record is the provisioning record in state.json. The provisioning engine
 // writes it when a registration completes and reads it at start; the
 // status API shows parts of it. Strings are empty and times zero when not
 // known yet.
-type State struct {
+type Record struct {
 	// Format is the file's layout version; Save sets it to Format.
 	Format int `json:"format"`
 	// Version is the dpsd version that wrote the record (written by the
@@ -98,9 +99,9 @@ type State struct {
 	// ProvisionedAt is when DPS last said `assigned`; written by the
 	// engine, shown in status. Save stores it in UTC.
 	ProvisionedAt time.Time `json:"provisionedAt,omitzero"`
-	// Reason is why the last registration happened (an apitype.Reason);
+	// Reason is why the last registration happened;
 	// written by the engine, shown in status.
-	Reason string `json:"reason,omitempty"`
+	Reason apitype.Reason `json:"reason,omitempty"`
 	// ConfigFingerprint is config.ProvisioningFingerprint() at
 	// registration; read at start by the engine: a different one means
 	// reason config-changed.
@@ -115,12 +116,12 @@ type State struct {
 	// TPM someone else owns.
 	OwnerAuthSealed bool `json:"ownerAuthSealed,omitempty"`
 	// PendingReason is why a registration is due that has not completed
-	// (an apitype.Reason). Written by the engine when a technician asks
+	// (as in status). Written by the engine when a technician asks
 	// (before the request is answered) and before each authenticated
 	// registration, since DPS may replace the hub key from then on; the
 	// record a completed registration writes clears it. Read at start: a
 	// set reason resumes the registration.
-	PendingReason string `json:"pendingReason,omitempty"`
+	PendingReason apitype.Reason `json:"pendingReason,omitempty"`
 	// HubAccepted says that the assigned hub accepted the identity this
 	// record names; nil when it has not (yet), or refused it since.
 	// Written by the engine after a hub check or session; read at start,
@@ -152,24 +153,24 @@ func (s Store) path(name string) string { return filepath.Join(s.Dir, name) }
 // Load reads state.json. A missing file is a fresh device: found is false
 // and err nil. A file that is not a record of a known format gives an error
 // wrapping ErrCorrupt. Load writes nothing (not even the directory).
-func (s Store) Load() (st State, found bool, err error) {
+func (s Store) Load() (st Record, found bool, err error) {
 	path := s.path(StateFile)
 	b, err := filelimit.Read(path, maxFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		return State{}, false, nil
+		return Record{}, false, nil
 	}
 	if errors.Is(err, filelimit.ErrTooLarge) {
-		return State{}, false, fmt.Errorf("reading the provisioning record: %w: %w: not a record dpsd wrote; "+
+		return Record{}, false, fmt.Errorf("reading the provisioning record: %w: %w: not a record dpsd wrote; "+
 			"dpsd registers the device again and replaces it (to keep it, move it away first)", ErrCorrupt, err)
 	}
 	if err != nil {
-		return State{}, false, fmt.Errorf("reading the provisioning record: %w", err)
+		return Record{}, false, fmt.Errorf("reading the provisioning record: %w", err)
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return State{}, false, fmt.Errorf("reading %s: %w: %w", path, ErrCorrupt, err)
+		return Record{}, false, fmt.Errorf("reading %s: %w: %w", path, ErrCorrupt, err)
 	}
 	if st.Format < 1 || st.Format > Format {
-		return State{}, false, fmt.Errorf("reading %s: %w: format %d, this dpsd reads 1..%d",
+		return Record{}, false, fmt.Errorf("reading %s: %w: format %d, this dpsd reads 1..%d",
 			path, ErrCorrupt, st.Format, Format)
 	}
 	return st, true, nil
@@ -178,7 +179,7 @@ func (s Store) Load() (st State, found bool, err error) {
 // Save writes st to state.json, with Format set and times in UTC, unless
 // the file already holds exactly that: then it writes nothing and returns
 // false, so that re-saving an unchanged record costs no flash write.
-func (s Store) Save(st State) (written bool, err error) {
+func (s Store) Save(st Record) (written bool, err error) {
 	st.Format = Format
 	if !st.ProvisionedAt.IsZero() {
 		st.ProvisionedAt = st.ProvisionedAt.UTC()

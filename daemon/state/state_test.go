@@ -14,8 +14,8 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/atomicfile"
 )
 
-func sample() State {
-	return State{
+func sample() Record {
+	return Record{
 		Version:           "1.2.3",
 		RegistrationID:    "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq",
 		IDScope:           "0ne00000A0A",
@@ -77,8 +77,8 @@ func TestLoadMissingIsFresh(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "dpsd")
 	st, found, err := Store{Dir: dir}.Load()
-	if err != nil || found || !reflect.DeepEqual(st, State{}) {
-		t.Errorf("Load = %+v, %v, %v; want a fresh State, false, nil", st, found, err)
+	if err != nil || found || !reflect.DeepEqual(st, Record{}) {
+		t.Errorf("Load = %+v, %v, %v; want a fresh Record, false, nil", st, found, err)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load created %s (err %v); it must write nothing", dir, err)
@@ -182,7 +182,7 @@ func TestSaveUnchangedWritesNothing(t *testing.T) {
 	}
 	otherZone := sample()
 	otherZone.ProvisionedAt = otherZone.ProvisionedAt.In(time.FixedZone("X", -5*3600))
-	for name, st := range map[string]State{"same value": sample(), "as loaded": loaded, "same instant": otherZone} {
+	for name, st := range map[string]Record{"same value": sample(), "as loaded": loaded, "same instant": otherZone} {
 		written, err := s.Save(st)
 		if err != nil || written {
 			t.Errorf("Save(%s) = %v, %v; want false, nil", name, written, err)
@@ -227,8 +227,8 @@ func TestLoadCorrupt(t *testing.T) {
 				t.Fatal(err)
 			}
 			st, found, err := s.Load()
-			if !errors.Is(err, ErrCorrupt) || found || !reflect.DeepEqual(st, State{}) {
-				t.Errorf("Load = %+v, %v, %v; want a fresh State, false, ErrCorrupt", st, found, err)
+			if !errors.Is(err, ErrCorrupt) || found || !reflect.DeepEqual(st, Record{}) {
+				t.Errorf("Load = %+v, %v, %v; want a fresh Record, false, ErrCorrupt", st, found, err)
 			}
 			if err != nil && !bytes.Contains([]byte(err.Error()), []byte(path)) {
 				t.Errorf("error %q does not name %s", err, path)

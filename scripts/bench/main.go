@@ -409,8 +409,8 @@ func (d *device) settled(p *daemon, hub bool) (apitype.Status, error) {
 	deadline := time.Now().Add(d.o.timeout)
 	for {
 		s, err := d.status()
-		if err == nil && s.State == apitype.StateProvisioned && (!hub || s.Hub.Result != "") {
-			if hub && s.Hub.Result != "ok" {
+		if err == nil && s.State == apitype.PhaseProvisioned && (!hub || s.Hub.Result != "") {
+			if hub && s.Hub.Result != apitype.HubOK {
 				return s, fmt.Errorf("hub check: %s %s", s.Hub.Result, s.Hub.Error)
 			}
 			return s, nil

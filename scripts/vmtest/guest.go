@@ -304,7 +304,7 @@ func (g *guest) upgrade() (string, error) {
 	if after := g.mainPID(); after == pid || after == 0 {
 		return "", fmt.Errorf("main PID %d before, %d after: not restarted", pid, after)
 	}
-	if st, err := g.status(); err != nil || st.State != apitype.StateProvisioned {
+	if st, err := g.status(); err != nil || st.State != apitype.PhaseProvisioned {
 		return "", fmt.Errorf("after the upgrade: state %q, %v", st.State, err)
 	}
 	after, err := dpsRequests()
@@ -329,7 +329,7 @@ func (g *guest) warmBoot() (string, error) {
 		return "", err
 	}
 	var problems []string
-	if st.State != apitype.StateProvisioned || st.DeviceID != prev.DeviceID {
+	if st.State != apitype.PhaseProvisioned || st.DeviceID != prev.DeviceID {
 		problems = append(problems, fmt.Sprintf("state %s, device %q (want provisioned, %q)", st.State, st.DeviceID, prev.DeviceID))
 	}
 	n, err := dpsRequests()
@@ -380,7 +380,7 @@ func (g *guest) killMain() (string, error) {
 		}
 		var err error
 		st, err = g.status()
-		return err == nil && st.State == apitype.StateProvisioned
+		return err == nil && st.State == apitype.PhaseProvisioned
 	})
 	if err != nil {
 		return g.journal("dpsd.service"), fmt.Errorf("not back and provisioned: %w", err)
@@ -413,7 +413,7 @@ func (g *guest) activate(verb string) (string, error) {
 		if err := g.dpsdJSON(&st, "status"); err != nil {
 			return "", err
 		}
-		if st.State != apitype.StateProvisioned || st.DeviceID != prev.DeviceID {
+		if st.State != apitype.PhaseProvisioned || st.DeviceID != prev.DeviceID {
 			return "", fmt.Errorf("the first answer says state %q, device %q", st.State, st.DeviceID)
 		}
 	case "check":

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dpsd-project/dpsd/tpmdev"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 )
@@ -213,7 +214,7 @@ func ActivateCredentialArgs(cmd []byte) (credentialBlob, secret []byte, err erro
 }
 
 // ActivateCredential unwraps a credential with the swtpm's persistent EK
-// (0x81010001, empty endorsement auth) bound to its SRK (0x81000001),
+// (tpmdev.EKHandle, empty endorsement auth) bound to its SRK (SRKHandle),
 // straight on its socket, and returns the plain credential: what a bus
 // recording must never show.
 func ActivateCredential(t testing.TB, info SwtpmInfo, credentialBlob, secret []byte) []byte {
@@ -224,7 +225,7 @@ func ActivateCredential(t testing.TB, info SwtpmInfo, credentialBlob, secret []b
 	}
 	defer tpm.Close()
 	names := map[tpm2.TPMHandle]tpm2.TPM2BName{}
-	for _, h := range []tpm2.TPMHandle{0x81000001, 0x81010001} {
+	for _, h := range []tpm2.TPMHandle{tpmdev.SRKHandle, tpmdev.EKHandle} {
 		rsp, err := (tpm2.ReadPublic{ObjectHandle: h}).Execute(tpm)
 		if err != nil {
 			t.Fatalf("reading 0x%08x: %v", uint32(h), err)
@@ -244,8 +245,8 @@ func ActivateCredential(t testing.TB, info SwtpmInfo, credentialBlob, secret []b
 		t.Fatal(err)
 	}
 	rsp, err := (tpm2.ActivateCredential{
-		ActivateHandle: tpm2.NamedHandle{Handle: 0x81000001, Name: names[0x81000001]},
-		KeyHandle:      tpm2.AuthHandle{Handle: 0x81010001, Name: names[0x81010001], Auth: sess},
+		ActivateHandle: tpm2.NamedHandle{Handle: tpmdev.SRKHandle, Name: names[tpmdev.SRKHandle]},
+		KeyHandle:      tpm2.AuthHandle{Handle: tpmdev.EKHandle, Name: names[tpmdev.EKHandle], Auth: sess},
 		CredentialBlob: tpm2.TPM2BIDObject{Buffer: credentialBlob},
 		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: secret},
 	}).Execute(tpm)

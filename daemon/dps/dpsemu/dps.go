@@ -49,7 +49,7 @@ type challengeBody struct {
 // operationStatus is RegistrationOperationStatus (§5.2).
 type operationStatus struct {
 	OperationID       string             `json:"operationId"`
-	Status            string             `json:"status"`
+	Status            dps.Status         `json:"status"`
 	RegistrationState *registrationState `json:"registrationState,omitempty"`
 }
 
@@ -60,7 +60,7 @@ type registrationState struct {
 	CreatedDateTimeUTC     *time.Time      `json:"createdDateTimeUtc,omitempty"`
 	AssignedHub            string          `json:"assignedHub,omitempty"`
 	DeviceID               string          `json:"deviceId,omitempty"`
-	Status                 string          `json:"status"`
+	Status                 dps.Status      `json:"status"`
 	Substatus              string          `json:"substatus,omitempty"`
 	ErrorCode              int             `json:"errorCode,omitempty"`
 	ErrorMessage           string          `json:"errorMessage,omitempty"`
@@ -236,7 +236,7 @@ func (s *service) serveDPS(w http.ResponseWriter, r *http.Request, route dpsRout
 		return err
 	}
 	w.Header().Set("Retry-After", s.faults.retryAfter(s.retryAfter))
-	writeJSON(w, http.StatusAccepted, operationStatus{OperationID: opID, Status: regAssigning})
+	writeJSON(w, http.StatusAccepted, operationStatus{OperationID: opID, Status: dps.StatusAssigning})
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/atomicfile"
+	"github.com/dpsd-project/dpsd/daemon/dps"
 )
 
 // registryFile is the name of the registry inside the state directory.
@@ -59,17 +60,17 @@ const (
 // Registration is the state DPS holds for a registration ID after the
 // device's last completed registration.
 type Registration struct {
-	RegistrationID         string    `json:"registrationId"`
-	Status                 string    `json:"status"`
-	Substatus              string    `json:"substatus,omitempty"`
-	AssignedHub            string    `json:"assignedHub,omitempty"`
-	DeviceID               string    `json:"deviceId,omitempty"`
-	Attempts               int       `json:"attempts"`
-	ErrorCode              int       `json:"errorCode,omitempty"`
-	ErrorMessage           string    `json:"errorMessage,omitempty"`
-	CreatedDateTimeUTC     time.Time `json:"createdDateTimeUtc"`
-	LastUpdatedDateTimeUTC time.Time `json:"lastUpdatedDateTimeUtc"`
-	ETag                   string    `json:"etag,omitempty"`
+	RegistrationID         string     `json:"registrationId"`
+	Status                 dps.Status `json:"status"`
+	Substatus              string     `json:"substatus,omitempty"`
+	AssignedHub            string     `json:"assignedHub,omitempty"`
+	DeviceID               string     `json:"deviceId,omitempty"`
+	Attempts               int        `json:"attempts"`
+	ErrorCode              int        `json:"errorCode,omitempty"`
+	ErrorMessage           string     `json:"errorMessage,omitempty"`
+	CreatedDateTimeUTC     time.Time  `json:"createdDateTimeUtc"`
+	LastUpdatedDateTimeUTC time.Time  `json:"lastUpdatedDateTimeUtc"`
+	ETag                   string     `json:"etag,omitempty"`
 	// EnrollmentETag is the enrollment's ETag at the last assignment: while
 	// it is unchanged a re-registration keeps the hub.
 	EnrollmentETag string `json:"enrollmentEtag,omitempty"`

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/hub/hubemu"
 	"github.com/dpsd-project/dpsd/daemon/sas"
 	"github.com/dpsd-project/dpsd/tpmdev/authblob"
@@ -36,13 +37,8 @@ const (
 	sasSkew = hubemu.DefaultTokenGrace
 )
 
-// Registration statuses (REST EnrollmentStatus) and substatuses.
+// Registration substatuses (the statuses are dps.Status*).
 const (
-	regAssigning = "assigning"
-	regAssigned  = "assigned"
-	regFailed    = "failed"
-	regDisabled  = "disabled"
-
 	subInitial       = "initialAssignment"
 	subReprovisioned = "reprovisionedToInitialAssignment"
 	subDataReset     = "deviceDataReset"
@@ -169,7 +165,7 @@ func (s *service) issueChallenge(regID string, ek, srk []byte) ([]byte, *apiErro
 	// keys are its only inputs that can fail (an RSA modulus the structure
 	// checks let through, such as an even one), so a failure is the
 	// request's fault.
-	blob, err := authblob.Build(rand.Reader, ek, srk, ckey, []byte(s.idScope+"/registrations/"+regID))
+	blob, err := authblob.Build(rand.Reader, ek, srk, ckey, []byte(sas.RegistrationResource(s.idScope, regID)))
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, codeBadRequest, "tpm keys unusable: %v", err)
 	}
@@ -214,7 +210,7 @@ func (s *service) authorizeLocked(regID, authorization string, now time.Time) (*
 
 // verifyLocked checks a parsed SAS against a challenge's key.
 func (s *service) verifyLocked(tok sas.Token, ch *challenge, regID string, now time.Time) *apiError {
-	if err := tok.Verify(ch.key, s.idScope+"/registrations/"+regID, now, sasSkew); err != nil {
+	if err := tok.Verify(ch.key, sas.RegistrationResource(s.idScope, regID), now, sasSkew); err != nil {
 		return errorf(http.StatusUnauthorized, codeUnauthorized, "SAS rejected: %v", err)
 	}
 	return nil
@@ -271,7 +267,7 @@ func (s *service) register(regID, authorization string, ek, srk []byte, payload 
 		s.pending[key] = reg
 	}
 	reg.Attempts++
-	reg.Status = regAssigning
+	reg.Status = dps.StatusAssigning
 	reg.LastUpdatedDateTimeUTC = now.UTC()
 
 	// Only the latest operation of a registration is kept.
@@ -325,8 +321,8 @@ func (s *service) poll(regID, opID, authorization string, now time.Time) (pollRe
 		op.pollsLeft--
 		body, _ := json.Marshal(operationStatus{
 			OperationID:       op.id,
-			Status:            regAssigning,
-			RegistrationState: &registrationState{RegistrationID: regID, Status: regAssigning},
+			Status:            dps.StatusAssigning,
+			RegistrationState: &registrationState{RegistrationID: regID, Status: dps.StatusAssigning},
 		})
 		return pollResult{http.StatusAccepted, body}, nil
 	}
@@ -363,13 +359,13 @@ func (s *service) finishLocked(regID string, op *operation, ch *challenge, now t
 	enr, ok := s.data.Enrollments[key]
 	switch {
 	case !ok:
-		reg.Status, reg.ErrorCode, reg.ErrorMessage = regFailed, failNotEnrolled, "the enrollment was deleted"
+		reg.Status, reg.ErrorCode, reg.ErrorMessage = dps.StatusFailed, failNotEnrolled, "the enrollment was deleted"
 	case enr.ProvisioningStatus == statusDisabled:
-		reg.Status = regDisabled
+		reg.Status = dps.StatusDisabled
 	default:
 		hub, ok := s.allocate(enr, prev)
 		if !ok {
-			reg.Status, reg.ErrorCode = regFailed, failNoHub
+			reg.Status, reg.ErrorCode = dps.StatusFailed, failNoHub
 			reg.ErrorMessage = fmt.Sprintf("the enrollment names hub %s, which this emulator does not serve", enr.IoTHubHostName)
 			break
 		}
@@ -413,7 +409,7 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 	}
 	hubKey := make([]byte, hmacKeySize)
 	rand.Read(hubKey)
-	blob, err := authblob.Build(rand.Reader, ch.ek, ch.srk, hubKey, []byte(hub+"/devices/"+deviceID))
+	blob, err := authblob.Build(rand.Reader, ch.ek, ch.srk, hubKey, []byte(sas.DeviceResource(hub, deviceID)))
 	if err != nil {
 		return nil, errorf(http.StatusInternalServerError, codeInternal, "building blob #2: %v", err)
 	}
@@ -436,7 +432,7 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 			reg.Substatus = subReprovisioned
 		}
 	}
-	reg.Status, reg.AssignedHub, reg.DeviceID, reg.EnrollmentETag = regAssigned, hub, deviceID, enr.ETag
+	reg.Status, reg.AssignedHub, reg.DeviceID, reg.EnrollmentETag = dps.StatusAssigned, hub, deviceID, enr.ETag
 
 	// Commit to disk before hubemu, so that a restart never forgets a key
 	// the hub has accepted.
@@ -477,7 +473,7 @@ func (s *service) assignLocked(reg *Registration, enr *Enrollment, prev *Registr
 		CreatedDateTimeUTC:     &reg.CreatedDateTimeUTC,
 		AssignedHub:            hub,
 		DeviceID:               deviceID,
-		Status:                 regAssigned,
+		Status:                 dps.StatusAssigned,
 		Substatus:              reg.Substatus,
 		LastUpdatedDateTimeUTC: &reg.LastUpdatedDateTimeUTC,
 		ETag:                   reg.ETag,

@@ -58,7 +58,7 @@ func (s *Server) authenticateLocked(clientID, username, password string, peer []
 		// skn names a hub-level shared access policy; devices sign without.
 		return grant{}, errors.New("token names a shared access policy (skn)")
 	}
-	if err := tok.Verify(d.key, d.hub+"/devices/"+deviceID, now, s.grace); err != nil {
+	if err := tok.Verify(d.key, sas.DeviceResource(d.hub, deviceID), now, s.grace); err != nil {
 		return grant{}, fmt.Errorf("token: %w", err)
 	}
 	return grant{deviceID: deviceID, until: tok.Expiry.Add(s.grace), by: "sas"}, nil

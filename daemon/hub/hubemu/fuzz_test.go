@@ -18,7 +18,7 @@ func FuzzAuthenticate(f *testing.F) {
 	const hub, device = "hub.example", "dev-1"
 	key := []byte("0123456789abcdef0123456789abcdef")
 	now := time.Unix(1_800_000_000, 0)
-	good, err := sas.New(context.Background(), hub+"/devices/"+device, now.Add(time.Hour), "",
+	good, err := sas.New(context.Background(), sas.DeviceResource(hub, device), now.Add(time.Hour), "",
 		func(_ context.Context, data []byte) ([]byte, error) {
 			m := hmac.New(sha256.New, key)
 			m.Write(data)
@@ -48,7 +48,7 @@ func FuzzAuthenticate(f *testing.F) {
 			t.Fatalf("granted %q to client %q", g.deviceID, clientID)
 		}
 		tok, perr := sas.Parse(password)
-		if perr != nil || tok.Verify(key, hub+"/devices/"+device, now, s.grace) != nil {
+		if perr != nil || tok.Verify(key, sas.DeviceResource(hub, device), now, s.grace) != nil {
 			t.Fatalf("granted a connection to a token that does not verify: %q", password)
 		}
 	})

@@ -142,7 +142,7 @@ func (b *Backend) Check(context.Context) apitype.CheckReport {
 func (b *Backend) Reprovision(context.Context) error {
 	b.mu.Lock()
 	b.reprovision++
-	b.status.State = apitype.StateRegistering
+	b.status.State = apitype.PhaseRegistering
 	b.status.Reason = apitype.ReasonRequested
 	b.mu.Unlock()
 	b.changes.Notify()
