@@ -70,7 +70,7 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 		OnReady: func() {
 			close(be.started)
 			notify.Ready()
-			go prepareTokens(ctx, be, cfg, log)
+			go afterReady(ctx, be, cfg, log)
 		},
 		OnChange: be.changes.Notify,
 		Log:      log,
@@ -196,16 +196,21 @@ func openTPM(cfg *config.Config, log *slog.Logger) (*tpmdev.Device, error) {
 	return dev, err
 }
 
-// prepareTokens readies the TPM for the apps' tokens once the daemon is
-// up, off READY's path: on a restart nothing else signs before the first
-// app asks, which would otherwise wait for a salted session's setup (an RSA
+// afterReady does the TPM housekeeping that READY need not wait for.
+// Without a resource manager it flushes what was left in the TPM (until
+// then a full TPM is flushed on demand). With apps allowed tokens it starts
+// their session: on a restart nothing else signs before the first app asks,
+// which would otherwise wait for a salted session's setup (an RSA
 // decryption in the TPM, ~150 ms on a discrete one).
-func prepareTokens(ctx context.Context, be *backend, cfg *config.Config, log *slog.Logger) {
-	if len(cfg.Token.Allow) == 0 || be.Engine.Status().State != apitype.PhaseProvisioned {
-		return
-	}
+func afterReady(ctx context.Context, be *backend, cfg *config.Config, log *slog.Logger) {
 	dev := be.Engine.TPM()
 	if dev == nil {
+		return
+	}
+	if err := dev.FlushLeftovers(ctx); err != nil && ctx.Err() == nil {
+		log.Warn("flushing what was left in the TPM failed; a full TPM is flushed when a command finds it full", "err", err)
+	}
+	if len(cfg.Token.Allow) == 0 || be.Engine.Status().State != apitype.PhaseProvisioned {
 		return
 	}
 	if err := dev.PrepareTokens(ctx); err != nil && ctx.Err() == nil {

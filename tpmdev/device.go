@@ -97,19 +97,16 @@ type connector interface {
 // Socket TPMs must already be powered on and started: Open never sends
 // power-on or TPM2_Startup (swtpm refuses the former).
 //
-// dpsd has every TPM but /dev/tpmrm0 to itself: the first operation
-// flushes the transient objects and sessions left in it (by a killed
-// process, or by tpm2-tools, which leave theirs loaded without a resource
-// manager), and so does any later one when the TPM runs out of room.
+// dpsd has every TPM but /dev/tpmrm0 to itself: FlushLeftovers flushes
+// the transient objects and sessions left in it (by a killed process, or
+// by tpm2-tools, which leave theirs loaded without a resource manager),
+// and any operation does when the TPM runs out of room.
 func Open(spec string, log *slog.Logger) (*Device, error) {
 	d, err := open(spec, log)
 	if err != nil {
 		return nil, err
 	}
 	d.sweep = sweepFor(d.path)
-	if d.sweep == sweepAtOpen {
-		d.pendingSweep = "opened a TPM without a resource manager"
-	}
 	return d, nil
 }
 

@@ -44,7 +44,8 @@ const (
 	sweepNever sweep = iota
 	// sweepOnDemand: on running out of room and after a lost answer.
 	sweepOnDemand
-	// sweepAtOpen: also in the first operation, for leftovers from before.
+	// sweepAtOpen: also leftovers from before dpsd opened the TPM, when
+	// its owner asks (FlushLeftovers).
 	sweepAtOpen
 )
 
@@ -90,6 +91,22 @@ func (d *Device) Transients(ctx context.Context) (Transients, error) {
 		return err
 	})
 	return tr, err
+}
+
+// FlushLeftovers flushes what a TPM without a resource manager holds from
+// before dpsd opened it: other programs' objects and sessions, or those of
+// a dpsd killed mid-operation. The daemon calls it once it is up, so that
+// READY waits for no handle listing; until then a TPM full of leftovers is
+// flushed on demand (a command refused for room is sent again once). On
+// /dev/tpmrm0 it does nothing: the kernel gives dpsd an empty view.
+func (d *Device) FlushLeftovers(ctx context.Context) error {
+	if d.sweep != sweepAtOpen {
+		return nil
+	}
+	return d.do(ctx, "flushing what was left in the TPM", func(t transport.TPM) error {
+		_, err := t.(*countingTPM).flushStale("left in the TPM before dpsd opened it")
+		return err
+	})
 }
 
 // LoadedHandles lists transient objects and sessions, for leak checks:
