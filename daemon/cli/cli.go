@@ -190,7 +190,7 @@ func (e *env) client() *client.Client {
 	if e.socket != "" {
 		return client.New(e.socket, def.Status.Group)
 	}
-	cfg, err := config.Load(e.configPath)
+	cfg, err := config.LoadUnscoped(e.configPath)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			fmt.Fprintf(e.stderr, "dpsd: %v (using the default socket %s; see dpsd check-config)\n", err, def.Status.Socket)

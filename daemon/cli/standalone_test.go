@@ -95,6 +95,21 @@ func TestEnrollInfoStandalone(t *testing.T) {
 		t.Errorf("second enroll-info: exit %d\n%s\n%s", code, out, errOut)
 	}
 
+	// A live install has no ID scope yet: enroll-info needs none, and
+	// the factory line reads the EK before the scope is set.
+	unscoped := standaloneConfig(t, info, "")
+	raw, err := os.ReadFile(unscoped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unscoped, bytes.Replace(raw, []byte("id_scope = \"0ne00000A0A\"\n"), nil, 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runIn("enroll-info", "--json", "--config", unscoped)
+	if code != cli.ExitOK || !strings.Contains(out, `"registrationId": "`+got.RegistrationID+`"`) || errOut != "" {
+		t.Errorf("enroll-info without an ID scope: exit %d\n%s\n%s", code, out, errOut)
+	}
+
 	// A configured registration ID wins over the derived one.
 	code, out, _ = runIn("enroll-info", "--json", "--config", standaloneConfig(t, info, `registration_id = "factory-0042"`))
 	if code != cli.ExitOK || !strings.Contains(out, `"registrationId": "factory-0042"`) {

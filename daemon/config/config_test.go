@@ -454,3 +454,28 @@ func TestLoadRefusesForeignOwner(t *testing.T) {
 		})
 	}
 }
+
+// LoadUnscoped is Load less the ID scope: every other error stays.
+func TestLoadUnscoped(t *testing.T) {
+	for _, tt := range []struct {
+		name, conf string
+		wantLoad   bool // Load succeeds
+		wantUnscop bool // LoadUnscoped succeeds
+	}{
+		{"with an ID scope", "[provisioning]\nid_scope = \"0ne00000A0A\"\n", true, true},
+		{"without an ID scope", "[tpm]\nownership = \"take\"\n", false, true},
+		{"without an ID scope and a bad key", "[tpm]\nownership = \"maybe\"\n", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.toml")
+			writeFile(t, path, tt.conf)
+			if _, err := Load(path); (err == nil) != tt.wantLoad {
+				t.Errorf("Load: %v", err)
+			}
+			c, err := LoadUnscoped(path)
+			if (err == nil) != tt.wantUnscop || (err == nil && c == nil) {
+				t.Errorf("LoadUnscoped: %v", err)
+			}
+		})
+	}
+}

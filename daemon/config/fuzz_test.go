@@ -12,7 +12,7 @@ import (
 func FuzzLoad(f *testing.F) {
 	const mainName, dropInName = "/etc/dpsd/config.toml", "/etc/dpsd/config.d/50.toml"
 	f.Fuzz(func(t *testing.T, main, dropIn []byte) {
-		c, err := build(mainName, []source{{name: mainName, data: main}, {name: dropInName, data: dropIn}})
+		c, err := build(mainName, []source{{name: mainName, data: main}, {name: dropInName, data: dropIn}}, true)
 		if err == nil {
 			if c.Provisioning.IDScope == "" {
 				t.Fatalf("loaded without an ID scope: %+v", c)

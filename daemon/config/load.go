@@ -65,11 +65,23 @@ type source struct {
 // validates the result. The main file may be missing when drop-ins exist.
 // Errors name file, line and key (see Error).
 func Load(path string) (*Config, error) {
+	return load(path, true)
+}
+
+// LoadUnscoped is Load for what never talks to DPS (enroll-info reads the
+// TPM; a client looks for the socket): a config without an ID scope is
+// complete for them, so that a factory line can read the EK of a device
+// whose ID scope is set later.
+func LoadUnscoped(path string) (*Config, error) {
+	return load(path, false)
+}
+
+func load(path string, scoped bool) (*Config, error) {
 	sources, err := readSources(path)
 	if err != nil {
 		return nil, err
 	}
-	return build(path, sources)
+	return build(path, sources, scoped)
 }
 
 // readSources reads the main file (if present) and the drop-ins.
@@ -188,7 +200,7 @@ type origin struct {
 
 // build applies the sources over the defaults and validates the merged
 // result. mainPath names the file for errors that belong to no key.
-func build(mainPath string, sources []source) (*Config, error) {
+func build(mainPath string, sources []source, scoped bool) (*Config, error) {
 	c := Default()
 	origins := make(map[string]origin)
 	var errs []error
@@ -199,6 +211,12 @@ func build(mainPath string, sources []source) (*Config, error) {
 	}
 	if len(errs) == 0 {
 		errs = checkMerged(c, mainPath, origins)
+	}
+	if !scoped {
+		errs = slices.DeleteFunc(errs, func(err error) bool {
+			var e *Error
+			return errors.As(err, &e) && e.Key == "provisioning.id_scope" && c.Provisioning.IDScope == ""
+		})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -100,7 +100,7 @@ func identityProbe(dev *tpmdev.Device, store state.Store) func(context.Context) 
 // does) when the owner hierarchy allows it without a password. Warnings go
 // to stderr.
 func (Local) EnrollInfo(ctx context.Context, configPath string, stderr io.Writer) (apitype.EnrollInfo, error) {
-	cfg, err := config.Load(configPath)
+	cfg, err := config.LoadUnscoped(configPath)
 	if err != nil {
 		return apitype.EnrollInfo{}, err
 	}
