@@ -99,6 +99,18 @@ var specs = map[string]spec{
 		c.Hub.EndpointOverride = s
 		return unlessEmpty(s, checkHostPort)
 	}),
+	"hub.auth": text(func(c *Config, s string) (err error) {
+		c.Hub.Auth, err = oneOf(s, AuthSAS, AuthX509)
+		return err
+	}),
+	"hub.renew_before": text(func(c *Config, s string) error {
+		if s == "" {
+			c.Hub.RenewBefore = 0
+			return nil
+		}
+		return duration(func(c *Config) *time.Duration { return &c.Hub.RenewBefore },
+			time.Second, 720*time.Hour).set(c, s)
+	}),
 
 	"token.allow": stringList(func(c *Config, items []string) error {
 		for _, it := range items {
@@ -162,6 +174,16 @@ func checkMerged(c *Config, mainPath string, origins map[string]origin) []error 
 		o := origins["tpm.owner_auth_file"]
 		errs = append(errs, o.src.errorAt(o.key,
 			"only used with ownership = \"shared\" (with \"take\" dpsd sets the owner auth itself)"))
+	}
+	if c.Hub.Auth == AuthX509 && strings.TrimSuffix(c.Provisioning.APIVersion, "-preview") < X509APIVersion {
+		// YYYY-MM-DD compares as text.
+		o, ok := origins["provisioning.api_version"]
+		if !ok {
+			o = origins["hub.auth"]
+		}
+		errs = append(errs, o.src.errorAt(o.key, fmt.Sprintf(
+			"auth = \"x509\" needs provisioning.api_version %s or later (DPS issues certificates from it on); it is %q",
+			X509APIVersion, c.Provisioning.APIVersion)))
 	}
 	return errs
 }
