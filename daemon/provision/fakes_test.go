@@ -2,6 +2,7 @@ package provision
 
 import (
 	"context"
+	"crypto"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -167,6 +168,16 @@ func (f *fakeTPM) PersistAt(context.Context, *tpmdev.WrappedKey, string, []byte)
 	defer f.cmd()()
 	return nil
 }
+
+// errNoSigningKeys: the fake TPM plays SAS devices only; X.509 runs on
+// swtpm (daemon/e2e).
+var errNoSigningKeys = errors.New("fakeTPM makes no signing keys")
+
+func (f *fakeTPM) CreateSigningKey(context.Context, tpmdev.KeyAlgorithm) (*tpmdev.SigningKey, error) {
+	return nil, errNoSigningKeys
+}
+
+func (f *fakeTPM) KeySigner(*tpmdev.SigningKey) (crypto.Signer, error) { return nil, errNoSigningKeys }
 
 // fakeDPS assigns every registration at once to hub.example, with a new
 // key each time, unless err is set.
