@@ -72,12 +72,15 @@ func (e *Engine) acceptChain(req *certRequest, chain [][]byte, regID string) (*c
 	if err != nil {
 		return nil, permanent{fmt.Errorf("refusing the certificate DPS issued (the old credential stays in use): %w", err)}
 	}
-	return e.newCertificate(req.key, chain, leaf), nil
+	// To the second, as the record keeps it (provisionedAt): a restart
+	// computes the same renewAt.
+	return e.newCertificate(req.key, chain, leaf, e.now().Truncate(time.Second)), nil
 }
 
-func (e *Engine) newCertificate(key *tpmdev.SigningKey, chain [][]byte, leaf *x509.Certificate) *certificate {
+// newCertificate is a certificate received at issued.
+func (e *Engine) newCertificate(key *tpmdev.SigningKey, chain [][]byte, leaf *x509.Certificate, issued time.Time) *certificate {
 	return &certificate{key: key, chain: chain, leaf: leaf,
-		renewAt: renewAt(leaf.NotBefore, leaf.NotAfter, e.cfg.Hub.RenewBefore)}
+		renewAt: renewAt(leaf.NotBefore, leaf.NotAfter, issued, e.cfg.Hub.RenewBefore)}
 }
 
 // encodeCertificate is c as its files.
@@ -100,7 +103,8 @@ func certDigest(c state.Certificate) string {
 
 // decodeCertificate reads the recorded certificate back; the chain was
 // verified before it was stored, and is parsed again, not trusted blindly.
-func (e *Engine) decodeCertificate(files state.Certificate) (*certificate, error) {
+// issued is when it was received (the record's provisionedAt).
+func (e *Engine) decodeCertificate(files state.Certificate, issued time.Time) (*certificate, error) {
 	key := new(tpmdev.SigningKey)
 	if err := key.UnmarshalBinary(files.Key); err != nil {
 		return nil, fmt.Errorf("decoding %s: %w", state.TLSKeyFile, err)
@@ -120,7 +124,7 @@ func (e *Engine) decodeCertificate(files state.Certificate) (*certificate, error
 	if err != nil {
 		return nil, fmt.Errorf("parsing %s: %w", state.CertificateFile, err)
 	}
-	return e.newCertificate(key, chain, leaf), nil
+	return e.newCertificate(key, chain, leaf, issued), nil
 }
 
 // tryCertificate loads the recorded certificate and proves its key loads
@@ -135,7 +139,7 @@ func (e *Engine) tryCertificate(ctx context.Context, dev tpmDevice, rec state.St
 		e.log.Error("the certificate on disk is not the one the record names: registering again", "file", state.CertificateFile)
 		return nil, keyNotRecorded, nil
 	}
-	c, err := e.decodeCertificate(files)
+	c, err := e.decodeCertificate(files, rec.ProvisionedAt)
 	if err != nil {
 		e.log.Error("certificate corrupt: registering again", "err", err)
 		return nil, keyCorrupt, nil

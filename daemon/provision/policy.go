@@ -293,15 +293,23 @@ func registrationNeeded(f tpmFacts) (reason apitype.Reason, tryKey bool) {
 	return "", false // proven, loads, or the round fails with the load error
 }
 
-// renewAt is when a certificate valid from notBefore to notAfter is
-// renewed: renewBefore ahead of its expiry, or at two thirds of its
-// lifetime when renewBefore is 0; never before notBefore.
-func renewAt(notBefore, notAfter time.Time, renewBefore time.Duration) time.Time {
-	life := notAfter.Sub(notBefore)
-	if renewBefore <= 0 {
-		renewBefore = life / 3
+// renewAt is when a certificate valid from notBefore to notAfter,
+// received at issued, is renewed: at two thirds of its life, or
+// renewBefore ahead of its expiry. Its life starts when it was received
+// when notBefore is earlier (issuers backdate it for slow clocks), and a
+// renewBefore longer than half of it renews halfway: a certificate is
+// never due the moment it arrives, which would make the device register
+// again and again.
+func renewAt(notBefore, notAfter, issued time.Time, renewBefore time.Duration) time.Time {
+	start := notBefore
+	if issued.After(start) {
+		start = issued
 	}
-	return notAfter.Add(-min(renewBefore, life))
+	life := max(notAfter.Sub(start), 0)
+	if renewBefore <= 0 {
+		return notAfter.Add(-life / 3)
+	}
+	return notAfter.Add(-min(renewBefore, life/2))
 }
 
 // switchStep is what a start does with an identity key staged by a switch

@@ -275,9 +275,11 @@ func casesRenewal() []policyCase {
 	renewing := outcome{renewIn: 30 * time.Second}
 	return []policyCase{
 		// When a certificate is renewed.
-		{"renewal at two thirds of the life", renewAt(t0, t0.Add(30*day), 0), t0.Add(20 * day)},
-		{"renew_before ahead of expiry", renewAt(t0, t0.Add(30*day), 36*time.Hour), t0.Add(30*day - 36*time.Hour)},
-		{"a renew_before longer than the life renews at once", renewAt(t0, t0.Add(time.Minute), time.Hour), t0},
+		{"renewal at two thirds of the life", renewAt(t0, t0.Add(30*day), t0, 0), t0.Add(20 * day)},
+		{"a backdated notBefore: two thirds from receipt", renewAt(t0.Add(-time.Hour), t0.Add(30*time.Second), t0, 0), t0.Add(20 * time.Second)},
+		{"renew_before ahead of expiry", renewAt(t0, t0.Add(30*day), t0, 36*time.Hour), t0.Add(30*day - 36*time.Hour)},
+		{"a renew_before longer than half the life renews halfway", renewAt(t0, t0.Add(time.Minute), t0, time.Hour), t0.Add(30 * time.Second)},
+		{"a certificate received before notBefore: life from notBefore", renewAt(t0, t0.Add(30*day), t0.Add(-day), 0), t0.Add(20 * day)},
 		{"before renewAt nothing to do", need(x509Facts(keyProven, t0.Add(time.Hour), t0)), "/false"},
 		{"at renewAt: register for a renewal", need(x509Facts(keyProven, t0, t0)), "certificate-renewal/false"},
 		{"expired at start: straight to a registration", need(x509Facts(keyLoads, t0, t0.Add(40*day))), "certificate-renewal/false"},
