@@ -138,8 +138,9 @@ func TestX509Renewals(t *testing.T) {
 		if string(key) == string(prevKey) {
 			t.Errorf("renewal %d kept the old TPM key", i)
 		}
-		t.Logf("renewal %d: in use %s after the previous one's renewAt wait began", i, time.Since(start).Round(time.Millisecond))
-		prev, prevKey = next.Credential, key
+		t.Logf("renewal %d: in use %s after the previous certificate's, renewAt %s after it; %d TPM commands",
+			i, time.Since(start).Round(time.Millisecond), prev.RenewAt.Sub(*s.ProvisionedAt), next.TPM.Commands-s.TPM.Commands)
+		prev, prevKey, s = next.Credential, key, next
 	}
 	if strings.Contains(d.log.String(), "hub rejected the device") {
 		t.Errorf("the hub rejected the device during renewals:\n%s", d.log)
@@ -194,4 +195,90 @@ func TestX509ChainRefused(t *testing.T) {
 		}
 	}
 	d.waitFor("still connected with the old certificate", func(st apitype.Status) bool { return st.Hub.Connected })
+}
+
+// TestX509KilledDuringRenewal cuts the power at the steps of a renewal:
+// while DPS assigns it, and in the two disk states the switch can leave.
+// Each start converges on one certificate the record names, with the hub
+// accepting it.
+func TestX509KilledDuringRenewal(t *testing.T) {
+	t.Parallel()
+	t.Run("while DPS assigns", func(t *testing.T) {
+		t.Parallel()
+		emu, d, s := x509Provisioned(t, "24s", "renew_before = \"12s\"\n")
+		before := readFile(t, filepath.Join(d.state, "identity.crt"))
+		emu.faults(map[string]any{"assignAfterPolls": 1000})
+		d.waitFor("the renewal sent", func(st apitype.Status) bool {
+			return st.State == apitype.StateAssigning && st.Reason == apitype.ReasonCertRenewal
+		})
+		d.kill()
+		if got := readFile(t, filepath.Join(d.state, "identity.crt")); string(got) != string(before) {
+			t.Error("the certificate changed before DPS assigned the renewal")
+		}
+		if r := d.record()["pendingReason"]; r != string(apitype.ReasonCertRenewal) {
+			t.Errorf("pendingReason %v, want the renewal recorded", r)
+		}
+		emu.faults(map[string]any{})
+		d.start()
+		again := d.waitFor("renewed after the restart", func(st apitype.Status) bool {
+			return st.State == apitype.StateProvisioned && st.Hub.Connected && st.Credential.Serial != s.Credential.Serial
+		})
+		if again.Reason != apitype.ReasonCertRenewal {
+			t.Errorf("reason %s, want %s", again.Reason, apitype.ReasonCertRenewal)
+		}
+		consistentCert(t, d)
+	})
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, state string)
+	}{
+		{"staged certificate not yet named by the record", func(t *testing.T, state string) {
+			for _, f := range []string{"identity.crt.new", "identity.tlskey.new"} {
+				if err := os.WriteFile(filepath.Join(state, f), []byte("from a renewal that never finished"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"record names the staged certificate and only its chain is still staged", func(t *testing.T, state string) {
+			crt := filepath.Join(state, "identity.crt")
+			if err := os.Rename(crt, crt+".new"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(crt, []byte("the previous chain"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			emu, d, s := x509Provisioned(t, "720h", "")
+			d.stop()
+			tc.setup(t, d.state)
+			before := emu.stats()["register"]
+			d.start()
+			again := d.waitFor("connected again", func(st apitype.Status) bool {
+				return st.State == apitype.StateProvisioned && st.Hub.Connected
+			})
+			if again.Credential.Serial != s.Credential.Serial || emu.stats()["register"] != before {
+				t.Errorf("the start registered again or changed the certificate (serial %s, was %s)", again.Credential.Serial, s.Credential.Serial)
+			}
+			consistentCert(t, d)
+		})
+	}
+}
+
+// consistentCert checks that the record names the certificate files on
+// disk and that nothing is left staged.
+func consistentCert(t *testing.T, d *device) {
+	t.Helper()
+	consistent(t, d)
+	for _, f := range []string{"identity.crt.new", "identity.tlskey.new"} {
+		if _, err := os.Stat(filepath.Join(d.state, f)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind (stat: %v)", f, err)
+		}
+	}
+	if d.record()["certificateDigest"] == nil {
+		t.Error("the record names no certificate")
+	}
+	d.leaf() // parses
 }
