@@ -138,6 +138,10 @@ type Hub struct {
 	// RenewBefore (renew_before) is how long before its expiry an X.509
 	// certificate is renewed; 0: at two thirds of its lifetime.
 	RenewBefore time.Duration
+	// CertKeyHandle (cert_key_handle) is the persistent handle ("0x81...")
+	// where the certificate's TPM key is also kept for other programs
+	// (tpm2-openssl handle: URIs); empty: none. x509 only.
+	CertKeyHandle string
 }
 
 // HubAuth is the hub credential (hub.auth).

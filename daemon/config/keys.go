@@ -103,6 +103,10 @@ var specs = map[string]spec{
 		c.Hub.Auth, err = oneOf(s, AuthSAS, AuthX509)
 		return err
 	}),
+	"hub.cert_key_handle": text(func(c *Config, s string) (err error) {
+		c.Hub.CertKeyHandle, err = persistentHandle(s)
+		return err
+	}),
 	"hub.renew_before": text(func(c *Config, s string) error {
 		if s == "" {
 			c.Hub.RenewBefore = 0
@@ -174,6 +178,15 @@ func checkMerged(c *Config, mainPath string, origins map[string]origin) []error 
 		o := origins["tpm.owner_auth_file"]
 		errs = append(errs, o.src.errorAt(o.key,
 			"only used with ownership = \"shared\" (with \"take\" dpsd sets the owner auth itself)"))
+	}
+	if h := c.Hub.CertKeyHandle; h != "" {
+		o := origins["hub.cert_key_handle"]
+		switch {
+		case c.Hub.Auth != AuthX509:
+			errs = append(errs, o.src.errorAt(o.key, "only used with auth = \"x509\" (the certificate's key)"))
+		case h == c.TPM.IdentityHandle:
+			errs = append(errs, o.src.errorAt(o.key, fmt.Sprintf("%q is tpm.identity_handle too: the keys need a handle each", h)))
+		}
 	}
 	if c.Hub.Auth == AuthX509 && strings.TrimSuffix(c.Provisioning.APIVersion, "-preview") < X509APIVersion {
 		// YYYY-MM-DD compares as text.
@@ -461,7 +474,7 @@ const (
 	ekHandle  = 0x81010001
 )
 
-// persistentHandle checks identity_handle: "" (none) or a hex handle that
+// persistentHandle checks identity_handle and cert_key_handle: "" (none) or a hex handle that
 // the owner may make persistent, which TPM 2.0 Part 3 (EvictControl)
 // limits to 0x81000000..0x817FFFFF (the rest of 0x81 is the platform's).
 // It returns the handle as "0x" and eight lowercase hex digits.

@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/internal/testenv"
 	"github.com/dpsd-project/dpsd/tpmdev/tpmtest"
 )
 
@@ -148,10 +152,14 @@ func TestX509Renewals(t *testing.T) {
 }
 
 // TestX509TPMCleared: a TPM clear invalidates the certificate's key; the
-// device registers again with a new key and certificate, same device ID.
+// device registers again with a new key and certificate, same device ID,
+// and other programs find the new key at cert_key_handle.
 func TestX509TPMCleared(t *testing.T) {
 	t.Parallel()
-	_, d, s := x509Provisioned(t, "720h", "")
+	_, d, s := x509Provisioned(t, "720h", "cert_key_handle = \"0x81000101\"\n")
+	if s.Credential.KeyHandle != "0x81000101" {
+		t.Errorf("status keyHandle %q, want 0x81000101", s.Credential.KeyHandle)
+	}
 	oldKey := readFile(t, filepath.Join(d.state, "identity.tlskey"))
 	tpmtest.ClearSwtpm(t, d.tpm)
 	again := d.waitFor("a new certificate after the clear", func(st apitype.Status) bool {
@@ -163,6 +171,31 @@ func TestX509TPMCleared(t *testing.T) {
 	}
 	if string(readFile(t, filepath.Join(d.state, "identity.tlskey"))) == string(oldKey) {
 		t.Error("the certificate's key is the one from before the clear")
+	}
+	d.stop() // swtpm serves one client at a time
+	d.signsWithHandle("0x81000101")
+}
+
+// signsWithHandle signs with the key persisted at handle through the
+// standard TSS stack (tpm2_sign, what tpm2-openssl's handle: URIs reach)
+// and checks the signature with identity.crt's key.
+func (d *device) signsWithHandle(handle string) {
+	d.t.Helper()
+	bin := testenv.LookPath(d.t, "tpm2_sign")
+	msg, sig := filepath.Join(d.dir, "msg"), filepath.Join(d.dir, "sig")
+	data := []byte("signed by another program")
+	if err := os.WriteFile(msg, data, 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-T", d.tpm.TCTI(), "-c", handle, "-g", "sha256", "-f", "plain", "-o", sig, msg)
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		d.t.Fatalf("tpm2_sign: %v: %s", err, out)
+	}
+	digest := sha256.Sum256(data)
+	pub, ok := d.leaf().PublicKey.(*ecdsa.PublicKey)
+	if !ok || !ecdsa.VerifyASN1(pub, digest[:], readFile(d.t, sig)) {
+		d.t.Errorf("the key at %s is not the certificate's (P-256: %v)", handle, ok)
 	}
 }
 

@@ -188,6 +188,7 @@ func (e *Engine) credentialStatus(c *certificate) apitype.Credential {
 	if c == nil {
 		return cr
 	}
+	cr.KeyHandle = e.cfg.Hub.CertKeyHandle
 	nb, na, ra := c.leaf.NotBefore.UTC(), c.leaf.NotAfter.UTC(), c.renewAt.UTC()
 	cr.Subject = c.leaf.Subject.String()
 	cr.Serial = fmt.Sprintf("%x", c.leaf.SerialNumber)

@@ -11,6 +11,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/config"
 	"github.com/dpsd-project/dpsd/daemon/dps"
 	"github.com/dpsd-project/dpsd/daemon/state"
+	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
 // newX509Rig is a rig whose device authenticates with certificates DPS
@@ -89,6 +90,7 @@ func TestEngineX509(t *testing.T) {
 // with a new key, and the hub session moves to the new one.
 func TestEngineX509Renewal(t *testing.T) {
 	r := newX509Rig(t, 3*time.Second)
+	r.cfg.Hub.CertKeyHandle = "0x81000101"
 	e := r.start(t)
 	first := e.until(t, "provisioned with a certificate", hasCert)
 	seen := map[string]bool{first.Credential.Serial: true}
@@ -105,6 +107,21 @@ func TestEngineX509Renewal(t *testing.T) {
 	}
 	if len(seen) != 0 {
 		t.Errorf("certificates never used for a hub session: %v", seen)
+	}
+	// The handle holds the key of the certificate in use.
+	files, err := (&state.Store{Dir: r.cfg.State.Dir}).LoadCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key tpmdev.SigningKey
+	if err := key.UnmarshalBinary(files.Key); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.tpm.persistedAt("0x81000101"); string(got) != string(key.Public) {
+		t.Error("the key at cert_key_handle is not the certificate's in use")
+	}
+	if s := e.Status(); s.Credential.KeyHandle != "0x81000101" {
+		t.Errorf("status keyHandle %q, want 0x81000101", s.Credential.KeyHandle)
 	}
 }
 

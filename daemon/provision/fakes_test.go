@@ -36,6 +36,8 @@ type fakeTPM struct {
 	ownerSet bool
 	commands int
 	signers  map[string]*ecdsa.PrivateKey // by public area
+	// persisted are the public areas of keys at persistent handles.
+	persisted map[string][]byte
 }
 
 var _ tpmDevice = (*fakeTPM)(nil)
@@ -173,9 +175,20 @@ func (f *fakeTPM) Import(_ context.Context, blob, _ []byte) (*tpmdev.WrappedKey,
 	return f.wrap(blob), nil
 }
 
-func (f *fakeTPM) PersistAt(context.Context, *tpmdev.WrappedKey, string, []byte) error {
+func (f *fakeTPM) PersistAt(_ context.Context, k *tpmdev.WrappedKey, handle string, _ []byte) error {
 	defer f.cmd()()
+	if f.persisted == nil {
+		f.persisted = map[string][]byte{}
+	}
+	f.persisted[handle] = k.Public
 	return nil
+}
+
+// persistedAt is the public area of the key persisted at handle.
+func (f *fakeTPM) persistedAt(handle string) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.persisted[handle]
 }
 
 // CreateSigningKey makes a P-256 key in software, wrapped as the TPM

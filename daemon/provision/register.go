@@ -250,9 +250,16 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
 	if h := e.cfg.TPM.IdentityHandle; h != "" {
-		if err := e.persistIdentity(ctx, dev, keys, key, h); err != nil {
+		if err := e.persistKey(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
 			e.log.Error("persisting the identity key for other apps failed", "handle", h, "err", err)
+		}
+	}
+	if h := e.cfg.Hub.CertKeyHandle; h != "" && cert != nil {
+		// Only now, with the new certificate in use, does its key replace
+		// the old one at the handle (TPM2_EvictControl of the old first).
+		if err := e.persistKey(ctx, dev, keys, (*tpmdev.WrappedKey)(cert.key), h); err != nil {
+			e.log.Error("persisting the certificate's key for other apps failed", "handle", h, "err", err)
 		}
 	}
 	return nil
@@ -265,9 +272,8 @@ func (e *Engine) pendingAfterCommit() apitype.Reason {
 	return pendingAfterCommit(e.requests.peek())
 }
 
-// persistIdentity makes the identity key persistent at handle, for other
-// SDK apps.
-func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
+// persistKey makes key persistent at handle, for other apps.
+func (e *Engine) persistKey(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle string) error {
 	owner, err := keys.ownerAuth(ctx)
 	if err != nil {
 		return err
