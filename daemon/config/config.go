@@ -142,6 +142,10 @@ type Hub struct {
 	// where the certificate's TPM key is also kept for other programs
 	// (tpm2-openssl handle: URIs); empty: none. x509 only.
 	CertKeyHandle string
+	// CertFile (cert_file) is an absolute path where the chain in use is
+	// also written (PEM, mode 0640: readable by the service's group) for
+	// apps; empty: none. x509 only.
+	CertFile string
 }
 
 // HubAuth is the hub credential (hub.auth).

@@ -213,6 +213,8 @@ func TestLoadValues(t *testing.T) {
 		{"state dir cleaned", `state.dir = "/var/lib/dpsd/"`, func(c *Config) bool { return c.State.Dir == "/var/lib/dpsd" }},
 		{"x509", "hub.auth = \"x509\"\nhub.renew_before = \"36h\"\nprovisioning.api_version = \"2026-11-01\"",
 			func(c *Config) bool { return c.Hub.Auth == AuthX509 && c.Hub.RenewBefore == 36*time.Hour }},
+		{"cert file", "hub.auth = \"x509\"\nhub.cert_file = \"/run/dpsd//identity.crt\"\nprovisioning.api_version = \"2026-11-01\"",
+			func(c *Config) bool { return c.Hub.CertFile == "/run/dpsd/identity.crt" }},
 		{"cert key handle", "hub.auth = \"x509\"\nhub.cert_key_handle = \"0X81000101\"\nprovisioning.api_version = \"2026-11-01\"",
 			func(c *Config) bool { return c.Hub.CertKeyHandle == "0x81000101" }},
 		{"x509 preview", "hub.auth = \"x509\"\nprovisioning.api_version = \"2027-01-01-preview\"",

@@ -107,6 +107,10 @@ var specs = map[string]spec{
 		c.Hub.CertKeyHandle, err = persistentHandle(s)
 		return err
 	}),
+	"hub.cert_file": text(func(c *Config, s string) (err error) {
+		c.Hub.CertFile, err = optionalAbsPath(s)
+		return err
+	}),
 	"hub.renew_before": text(func(c *Config, s string) error {
 		if s == "" {
 			c.Hub.RenewBefore = 0
@@ -178,6 +182,10 @@ func checkMerged(c *Config, mainPath string, origins map[string]origin) []error 
 		o := origins["tpm.owner_auth_file"]
 		errs = append(errs, o.src.errorAt(o.key,
 			"only used with ownership = \"shared\" (with \"take\" dpsd sets the owner auth itself)"))
+	}
+	if c.Hub.CertFile != "" && c.Hub.Auth != AuthX509 {
+		o := origins["hub.cert_file"]
+		errs = append(errs, o.src.errorAt(o.key, "only used with auth = \"x509\" (the certificate's chain)"))
 	}
 	if h := c.Hub.CertKeyHandle; h != "" {
 		o := origins["hub.cert_key_handle"]

@@ -123,7 +123,8 @@ func TestX509FirstBootHubSession(t *testing.T) {
 // old one is still valid, without the hub ever refusing the device.
 func TestX509Renewals(t *testing.T) {
 	t.Parallel()
-	_, d, s := x509Provisioned(t, "24s", "renew_before = \"12s\"\n")
+	pub := filepath.Join(t.TempDir(), "identity.crt")
+	_, d, s := x509Provisioned(t, "24s", "renew_before = \"12s\"\ncert_file = \""+pub+"\"\n")
 	prev := s.Credential
 	prevKey := readFile(t, filepath.Join(d.state, "identity.tlskey"))
 	for i := 1; i <= 3; i++ {
@@ -141,6 +142,17 @@ func TestX509Renewals(t *testing.T) {
 		key := readFile(t, filepath.Join(d.state, "identity.tlskey"))
 		if string(key) == string(prevKey) {
 			t.Errorf("renewal %d kept the old TPM key", i)
+		}
+		// cert_file follows: the chain apps read is the one in use.
+		testenv.WaitUntil(t, "cert_file holds the renewed chain", func() bool {
+			b, err := os.ReadFile(pub)
+			return err == nil && strings.Contains(string(b), "CERTIFICATE") &&
+				string(b) == string(readFile(t, filepath.Join(d.state, "identity.crt")))
+		})
+		if fi, err := os.Stat(pub); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o640 {
+			t.Errorf("cert_file mode %v, want 0640", fi.Mode().Perm())
 		}
 		t.Logf("renewal %d: in use %s after the previous certificate's, renewAt %s after it; %d TPM commands",
 			i, time.Since(start).Round(time.Millisecond), prev.RenewAt.Sub(*s.ProvisionedAt), next.TPM.Commands-s.TPM.Commands)

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/apitype"
+	"github.com/dpsd-project/dpsd/daemon/atomicfile"
 	"github.com/dpsd-project/dpsd/daemon/config"
+	"github.com/dpsd-project/dpsd/daemon/filelimit"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/x509cred"
 	"github.com/dpsd-project/dpsd/tpmdev"
@@ -151,8 +153,30 @@ func (e *Engine) tryCertificate(ctx context.Context, dev tpmDevice, rec state.St
 		}
 		return nil, keyLoadFailed, fmt.Errorf("loading the certificate's key: %w", err)
 	}
+	e.publishChain(files)
 	return c, keyLoads, nil
 }
+
+// publishChain writes the chain in use to [hub] cert_file, mode 0640 (the
+// service's group may read it), unless it holds it already: apps that use
+// the key at cert_key_handle need the chain, and the state directory is
+// the daemon's alone. A failure is logged; the hub connection does not
+// depend on it.
+func (e *Engine) publishChain(files state.Certificate) {
+	path := e.cfg.Hub.CertFile
+	if path == "" {
+		return
+	}
+	if old, err := filelimit.Read(path, maxChainFile); err == nil && bytes.Equal(old, files.Chain) {
+		return // a restart writes nothing
+	}
+	if err := atomicfile.WriteFile(path, files.Chain, 0o640); err != nil {
+		e.log.Error("writing the certificate chain for apps failed", "file", path, "err", err)
+	}
+}
+
+// maxChainFile bounds the read of cert_file, far above a chain's size.
+const maxChainFile = 1 << 20
 
 // tlsCertificate is c as a TLS client certificate whose signatures the
 // TPM makes; a key the TPM no longer has wakes the engine.

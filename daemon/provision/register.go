@@ -249,6 +249,9 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 	if err := e.rec.adopt(next, raw, certFiles); err != nil {
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
+	if certFiles != nil {
+		e.publishChain(*certFiles)
+	}
 	if h := e.cfg.TPM.IdentityHandle; h != "" {
 		if err := e.persistKey(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
