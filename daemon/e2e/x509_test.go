@@ -327,3 +327,27 @@ func consistentCert(t *testing.T, d *device) {
 	}
 	d.leaf() // parses
 }
+
+// TestX509RenewalRetried: a renewal DPS fails is retried with backoff
+// while the old certificate keeps the hub session up, and succeeds before
+// the old one expires.
+func TestX509RenewalRetried(t *testing.T) {
+	t.Parallel()
+	emu, d, s := x509Provisioned(t, "40s", "renew_before = \"20s\"\n")
+	emu.faults(map[string]any{"serverErrors": 3})
+	failed := d.waitFor("a failed renewal", func(st apitype.Status) bool {
+		return st.State == apitype.StateFailed && st.Reason == apitype.ReasonCertRenewal
+	})
+	if failed.Credential.Serial != s.Credential.Serial || !failed.Hub.Connected {
+		t.Errorf("while the renewal fails: %+v, connected %v; want the old certificate in use", failed.Credential, failed.Hub.Connected)
+	}
+	renewed := d.waitFor("the renewal retried", func(st apitype.Status) bool {
+		return st.State == apitype.StateProvisioned && st.Hub.Connected && st.Credential.Serial != s.Credential.Serial
+	})
+	if at := renewed.Hub.CheckedAt; at == nil || !at.Before(*s.Credential.NotAfter) {
+		t.Errorf("the renewed certificate connected at %v, the old one expired at %v", at, s.Credential.NotAfter)
+	}
+	if strings.Contains(d.log.String(), "hub rejected the device") {
+		t.Errorf("the hub rejected the device:\n%s", d.log)
+	}
+}
