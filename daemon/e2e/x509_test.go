@@ -351,3 +351,23 @@ func TestX509RenewalRetried(t *testing.T) {
 		t.Errorf("the hub rejected the device:\n%s", d.log)
 	}
 }
+
+// TestX509HubRejection: a hub that no longer knows the device refuses
+// the certificate; as with SAS, the device registers again once, gets a
+// new certificate and is accepted.
+func TestX509HubRejection(t *testing.T) {
+	t.Parallel()
+	emu, d, s := x509Provisioned(t, "720h", "")
+	if code := emu.call("DELETE", "/devices/"+s.DeviceID, nil, nil); code >= 300 {
+		t.Fatalf("DELETE device: %d", code)
+	}
+	again := d.waitFor("registered again after the rejection", func(st apitype.Status) bool {
+		return st.Reason == apitype.ReasonHubRejected && st.State == apitype.StateProvisioned && st.Hub.Connected
+	})
+	if again.DeviceID != s.DeviceID || again.Credential.Serial == s.Credential.Serial {
+		t.Errorf("after the rejection: device %s serial %s; want device %s with a new certificate", again.DeviceID, again.Credential.Serial, s.DeviceID)
+	}
+	if n := emu.stats()["certificates_issued"]; n != 2 {
+		t.Errorf("certificates_issued = %d, want 2: one registration for the rejection", n)
+	}
+}
