@@ -66,9 +66,10 @@ vm-test: build
 	$(BIN)/vmtest -deb $(VMTEST)/1/dpsd_*.deb -upgrade $(VMTEST)/2/dpsd_*.deb -dpsemu $(BIN)/dpsemu $(VMTESTFLAGS)
 
 # Software TPM + emulator + dpsd, provisioned, then `dpsd status`.
+# X509=1: with a certificate DPS issues instead of a SAS key.
 demo: build
 	scripts/install-deps.sh test demo
-	scripts/demo.sh
+	X509=$(X509) scripts/demo.sh
 
 test-deps:
 	scripts/install-deps.sh test

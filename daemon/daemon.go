@@ -63,6 +63,9 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 		Store:   store,
 		OpenTPM: func() (*tpmdev.Device, error) { return openTPM(cfg, log) },
 		DPS:     client,
+		DPSWithCSR: func(csr []byte) provision.DPS {
+			return client.WithCSR(csr)
+		},
 		Hub:     &provision.HubOptions{Endpoint: cfg.Hub.EndpointOverride, RootCAs: roots},
 		OnPhase: notify.Status,
 		// READY is also when the daemon's answers become right: the TPM is
@@ -146,8 +149,11 @@ func (b *backend) Reprovision(context.Context) error {
 // Token signs a hub token for an app on the device.
 func (b *backend) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
 	tok, err := b.Engine.Token(ctx, ttl)
-	if errors.Is(err, provision.ErrNotProvisioned) {
+	switch {
+	case errors.Is(err, provision.ErrNotProvisioned):
 		err = notProvisioned{err}
+	case errors.Is(err, provision.ErrCertificateAuth):
+		err = localapi.ErrCertificateAuth
 	}
 	return tok, err
 }

@@ -142,7 +142,7 @@ var allowedImports = map[string][]string{
 	"tpmdev":           {"tpmdev/authblob", "tpmdev/tpmhandle"},
 	"daemon/enroll":    {"daemon/apitype", "daemon/config", "daemon/dps", "tpmdev"},
 	"daemon/check":     {"daemon/apitype", "daemon/config", "daemon/state", "tpmdev", "tpmdev/tpmhandle"},
-	"daemon/provision": {"daemon/apitype", "daemon/backoff", "daemon/config", "daemon/dps", "daemon/enroll", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
+	"daemon/provision": {"daemon/apitype", "daemon/atomicfile", "daemon/backoff", "daemon/config", "daemon/dps", "daemon/enroll", "daemon/filelimit", "daemon/hub", "daemon/sas", "daemon/state", "daemon/version", "daemon/x509cred", "tpmdev", "tpmdev/authblob", "tpmdev/tpmhandle"},
 	// The wiring, and the command line, which gets daemon.Run injected.
 	"daemon":     {"daemon/apitype", "daemon/check", "daemon/config", "daemon/dps", "daemon/localapi", "daemon/provision", "daemon/sdnotify", "daemon/state", "daemon/version", "tpmdev"},
 	"daemon/cli": {"daemon/apitype", "daemon/client", "daemon/config", "daemon/version"},

@@ -3,6 +3,8 @@
 # (dpsemu) and dpsd in a temporary directory; the TPM's EK is enrolled as an
 # operator would, dpsd provisions, and `dpsd status` shows the result.
 # Exits 0 only when the device is provisioned. Everything is cleaned up.
+# X509=1: the enrollment has a credential policy and dpsd authenticates to
+# the hub with the certificate DPS issues for a key in the TPM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
@@ -36,16 +38,27 @@ read -r addrs <"$work/emu.out"
 dps=$(json_field dps <<<"$addrs") hub=$(json_field hub <<<"$addrs") admin=$(json_field admin <<<"$addrs")
 echo "DPS https://$dps  hub $hub  admin http://$admin"
 
+x509=${X509:-}
+hubauth="" policy=""
+if [[ $x509 == 1 ]]; then
+	curl -fsS -X PUT "http://$admin/credentialPolicies/demo" -H 'Content-Type: application/json' \
+		-d '{"certificateLifetime":"720h"}' >/dev/null
+	hubauth='auth = "x509"' policy=',"credentialPolicyName":"demo"'
+	echo "credential policy demo: certificates for 30 days"
+fi
+
 cat >"$work/config.toml" <<CONF
 [provisioning]
 global_endpoint = "https://$dps"
 id_scope = "0ne00DEMO0"
+$([[ $x509 == 1 ]] && echo 'api_version = "2026-11-01"')
 
 [tpm]
 device = "swtpm:$work/tpm.sock"
 
 [hub]
 endpoint_override = "$hub"
+$hubauth
 
 [network]
 ca_file = "$work/emu/ca.pem"
@@ -63,7 +76,7 @@ info=$("$bin/dpsd" enroll-info --json --config "$work/config.toml")
 regid=$(json_field registrationId <<<"$info") ek=$(json_field endorsementKey <<<"$info")
 echo "registration ID $regid"
 curl -fsS -X PUT "http://$admin/enrollments/$regid" -H 'Content-Type: application/json' \
-	-d "{\"registrationId\":\"$regid\",\"attestation\":{\"type\":\"tpm\",\"tpm\":{\"endorsementKey\":\"$ek\"}}}" >/dev/null
+	-d "{\"registrationId\":\"$regid\",\"attestation\":{\"type\":\"tpm\",\"tpm\":{\"endorsementKey\":\"$ek\"}}$policy}" >/dev/null
 echo "enrolled"
 
 step "first boot: dpsd run"

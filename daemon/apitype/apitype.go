@@ -46,6 +46,9 @@ const (
 	ReasonHubRejected   Reason = "hub-rejected"
 	ReasonConfigChanged Reason = "config-changed"
 	ReasonRequested     Reason = "requested"
+	// ReasonCertRenewal: the X.509 certificate is due for renewal (or
+	// expired); a registration with a new key and CSR renews it.
+	ReasonCertRenewal Reason = "certificate-renewal"
 )
 
 // Status is the body of GET /v1/status.
@@ -62,8 +65,31 @@ type Status struct {
 	LastError      *string    `json:"lastError"`
 	TPM            TPMStatus  `json:"tpm"`
 	Hub            HubStatus  `json:"hub"`
+	Credential     Credential `json:"credential"`
 	Version        string     `json:"version"`
 }
+
+// Credential is how the device authenticates to its hub: "sas" (tokens
+// signed with the key DPS gave) or "x509" (a certificate DPS issued for a
+// key in the TPM). The certificate's fields are empty for sas, and for
+// x509 until one is issued.
+type Credential struct {
+	Type      string     `json:"type"`
+	Subject   string     `json:"subject"`
+	Serial    string     `json:"serial"` // hex
+	NotBefore *time.Time `json:"notBefore"`
+	NotAfter  *time.Time `json:"notAfter"`
+	RenewAt   *time.Time `json:"renewAt"`
+	// KeyHandle is the persistent handle of the certificate's key, when
+	// it is persisted for other apps; empty otherwise.
+	KeyHandle string `json:"keyHandle"`
+}
+
+// The credential types.
+const (
+	CredentialSAS  = "sas"
+	CredentialX509 = "x509"
+)
 
 // TPMStatus is what the daemon knows of its TPM.
 type TPMStatus struct {

@@ -48,6 +48,18 @@ var statusFixtures = map[string]apitype.Status{
 		Hub:     apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: apitype.HubOK},
 		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
 	},
+	"provisioned-x509": {
+		State: apitype.PhaseProvisioned, Reason: apitype.ReasonCertRenewal,
+		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",
+		AssignedHub: "hub-1.azure-devices.net", DeviceID: "sensor-0042",
+		ProvisionedAt: at(-2 * time.Hour), Attempts: 1,
+		TPM: apitype.TPMStatus{Device: "/dev/tpmrm0", EKDigest: "5f2b9c1e", SRKName: "000b8f3c", OwnerAuthSet: true, Commands: 48},
+		Hub: apitype.HubStatus{CheckedAt: at(-2*time.Hour + 5*time.Second), Result: "ok", Connected: true},
+		Credential: apitype.Credential{Type: apitype.CredentialX509,
+			Subject: "CN=rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", Serial: "4f1c0a9e77d2b3",
+			NotBefore: at(-3 * time.Hour), NotAfter: at(30*24*time.Hour - 3*time.Hour), RenewAt: at(20*24*time.Hour - 3*time.Hour)},
+		Version: "dpsd 1.0.0 (commit abc1234, go1.26.0)",
+	},
 	"failed": {
 		State: apitype.PhaseFailed, Reason: apitype.ReasonFirstBoot,
 		RegistrationID: "rglxnrtotazgdj2nzc7pamznnj2hzkuxm6tkqsckf6vjfc36kypq", IDScope: "0ne00000A0A",

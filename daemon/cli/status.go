@@ -112,6 +112,11 @@ func renderStatus(w io.Writer, st apitype.Status, now time.Time) {
 	row("Device ID", orDash(st.DeviceID))
 	row("Hub", orDash(st.AssignedHub))
 	row("Hub check", hubCheck(st.Hub, now))
+	if cr := st.Credential; cr.Type == apitype.CredentialX509 {
+		row("Certificate", certificate(cr))
+		row("Valid until", timeOrDash(cr.NotAfter, now))
+		row("Renew at", timeOrDash(cr.RenewAt, now))
+	}
 	row("Registration ID", orDash(st.RegistrationID))
 	row("ID scope", orDash(st.IDScope))
 	if reregistering(st) {
@@ -257,6 +262,18 @@ func ownership(t apitype.TPMStatus) string {
 func orDash(s string) string {
 	if s == "" {
 		return "-"
+	}
+	return s
+}
+
+// certificate is the x509 credential in one line; "-" before one is issued.
+func certificate(cr apitype.Credential) string {
+	if cr.Subject == "" {
+		return "none issued yet (x509)"
+	}
+	s := cr.Subject + ", serial " + cr.Serial
+	if cr.KeyHandle != "" {
+		s += ", key at " + cr.KeyHandle
 	}
 	return s
 }

@@ -135,7 +135,33 @@ type Hub struct {
 	// EndpointOverride (endpoint_override) is a HOST:PORT to dial instead of
 	// the assigned hub; empty: dial the hub itself.
 	EndpointOverride string
+	// Auth (auth) is how the device authenticates to the hub: a SAS key
+	// from DPS, or an X.509 certificate DPS issues for a TPM key.
+	Auth HubAuth
+	// RenewBefore (renew_before) is how long before its expiry an X.509
+	// certificate is renewed; 0: at two thirds of its lifetime.
+	RenewBefore time.Duration
+	// CertKeyHandle (cert_key_handle) is the persistent handle ("0x81...")
+	// where the certificate's TPM key is also kept for other programs
+	// (tpm2-openssl handle: URIs); 0: none. x509 only.
+	CertKeyHandle tpmhandle.Handle
+	// CertFile (cert_file) is an absolute path where the chain in use is
+	// also written (PEM, mode 0640: readable by the service's group) for
+	// apps; empty: none. x509 only.
+	CertFile string
 }
+
+// HubAuth is the hub credential (hub.auth).
+type HubAuth string
+
+// The hub credentials.
+const (
+	// AuthSAS: an HMAC key DPS imports into the TPM signs SAS tokens.
+	AuthSAS HubAuth = "sas"
+	// AuthX509: DPS issues a certificate for a signing key made in the TPM
+	// (docs/dps-x509-issuance.md); TLS client authentication.
+	AuthX509 HubAuth = "x509"
+)
 
 // Token is the [token] table: who may get hub SAS tokens from the daemon.
 type Token struct {
@@ -189,6 +215,7 @@ func Default() *Config {
 		Hub: Hub{
 			Verify:     true,
 			ReportTwin: true,
+			Auth:       AuthSAS,
 		},
 		Token: Token{
 			Allow:  []string{},
@@ -209,7 +236,7 @@ func Default() *Config {
 
 // ProvisioningFingerprint is a digest (hex SHA-256) of the settings that
 // decide which registration the device holds: ID scope, registration ID,
-// endpoint and payload. The daemon stores it in state.json and provisions
+// endpoint, payload, and auth when it is x509. The daemon stores it in state.json and provisions
 // again with reason config-changed when it differs. Load normalises the
 // endpoint and compacts the payload, so reformatting a file changes nothing.
 func (c *Config) ProvisioningFingerprint() string {
@@ -226,6 +253,12 @@ func (c *Config) ProvisioningFingerprint() string {
 		// Length prefixes keep ("ab","c") and ("a","bc") apart.
 		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(field))))
 		h.Write(field)
+	}
+	if c.Hub.Auth == AuthX509 {
+		// The credential is part of the registration (a certificate is
+		// issued only when asked for); added only for x509, so that a SAS
+		// device's fingerprint, and its record, stay as they were.
+		h.Write([]byte("\x00auth=x509"))
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -118,6 +118,7 @@ func TestLoadBad(t *testing.T) {
 		"api-version.toml":         `FILE:3: provisioning.api_version: "latest" is not an api-version (YYYY-MM-DD, optionally -preview)`,
 		"bus-protection.toml":      `FILE:5: tpm.bus_protection: "none" is not one of encrypt, off`,
 		"array-of-tables.toml":     `FILE:4: hub: expected a table, got an array of tables`,
+		"cert-key-handle-sas.toml": `FILE:5: hub.cert_key_handle: only used with auth = "x509" (the certificate's key)`,
 		"device-mssim.toml":        `FILE:5: tpm.device: mssim:HOST:PORT: "localhost:tcp": port "tcp" is not a number in 1..65535`,
 		"device.toml":              `FILE:5: tpm.device: "tpm0" is not auto, a device path, swtpm:PATH or mssim:HOST:PORT`,
 		"duplicate-key.toml":       `FILE:3: provisioning.id_scope: Key 'provisioning.id_scope' has already been defined.`,
@@ -127,6 +128,7 @@ func TestLoadBad(t *testing.T) {
 		"ek-template.toml":         `FILE:5: tpm.ek_template: "ecc" is not one of tcg, azure-sdk`,
 		"endpoint-http.toml":       `FILE:2: provisioning.global_endpoint: "http://global.azure-devices-provisioning.net" is not an https URL (e.g. "https://global.azure-devices-provisioning.net")`,
 		"id-scope.toml":            `FILE:2: provisioning.id_scope: "0ne-0000" is not an ID scope (letters and digits, at most 64, e.g. "0ne00000A0A")`,
+		"hub-auth.toml":            `FILE:5: hub.auth: "cert" is not one of sas, x509`,
 		"identity-handle-srk.toml": `FILE:5: tpm.identity_handle: "0x81000001" is the SRK's handle`,
 		"identity-handle.toml":     `FILE:5: tpm.identity_handle: "0x81800000" is outside the owner's persistent range 0x81000000..0x817fffff`,
 		"missing-id-scope.toml": `FILE: provisioning.id_scope: required: set it in a drop-in, e.g. ` + filepath.Join(testdata, "bad", DropInDir, "50-id-scope.toml") +
@@ -135,6 +137,7 @@ func TestLoadBad(t *testing.T) {
 		"ownership.toml":          `FILE:6: tpm.ownership: "tak" is not one of take, shared`,
 		"payload.toml":            `FILE:3: provisioning.payload: not a JSON object (write e.g. '{"modelId": "dtmi:example:device;1"}')`,
 		"proxy.toml":              `FILE:5: network.proxy: "ftp://proxy.example:21": scheme "ftp" is not one of http, https, socks5, socks5h`,
+		"renew-before.toml":       `FILE:5: hub.renew_before: "0s" is out of range 1s..720h`,
 		"registration-id.toml":    `FILE:3: provisioning.registration_id: "-device-1" is not a DPS registration ID (at most 128 letters, digits and : . _ -, starting and ending with a letter or digit)`,
 		"several.toml":            "FILE:6: tpm.ownership: \"tak\" is not one of take, shared\nFILE:9: hub.verify: expected a boolean, got an integer (1)",
 		"socket-relative.toml":    `FILE:5: status.socket: "run/dpsd/status.sock" is not an absolute path`,
@@ -147,6 +150,7 @@ func TestLoadBad(t *testing.T) {
 		"unknown-key.toml":        `FILE:5: tpm.devise: unknown key (did you mean tpm.device?)`,
 		"unknown-table.toml":      `FILE:4: tmp: unknown table (did you mean tpm?)`,
 		"wrong-type.toml":         `FILE:5: hub.verify: expected a boolean, got a string ("yes")`,
+		"x509-api-version.toml":   `FILE:3: provisioning.api_version: auth = "x509" needs provisioning.api_version 2026-11-01 or later (DPS issues certificates from it on); it is "2021-06-01"`,
 	}
 	files, err := filepath.Glob(filepath.Join(testdata, "bad", "*.toml"))
 	if err != nil {
@@ -207,6 +211,14 @@ func TestLoadValues(t *testing.T) {
 		{"endpoint override", `hub.endpoint_override = "127.0.0.1:8883"`,
 			func(c *Config) bool { return c.Hub.EndpointOverride == "127.0.0.1:8883" }},
 		{"state dir cleaned", `state.dir = "/var/lib/dpsd/"`, func(c *Config) bool { return c.State.Dir == "/var/lib/dpsd" }},
+		{"x509", "hub.auth = \"x509\"\nhub.renew_before = \"36h\"\nprovisioning.api_version = \"2026-11-01\"",
+			func(c *Config) bool { return c.Hub.Auth == AuthX509 && c.Hub.RenewBefore == 36*time.Hour }},
+		{"cert file", "hub.auth = \"x509\"\nhub.cert_file = \"/run/dpsd//identity.crt\"\nprovisioning.api_version = \"2026-11-01\"",
+			func(c *Config) bool { return c.Hub.CertFile == "/run/dpsd/identity.crt" }},
+		{"cert key handle", "hub.auth = \"x509\"\nhub.cert_key_handle = \"0X81000101\"\nprovisioning.api_version = \"2026-11-01\"",
+			func(c *Config) bool { return c.Hub.CertKeyHandle == 0x81000101 }},
+		{"x509 preview", "hub.auth = \"x509\"\nprovisioning.api_version = \"2027-01-01-preview\"",
+			func(c *Config) bool { return c.Hub.Auth == AuthX509 && c.Hub.RenewBefore == 0 }},
 		{"booleans", "hub.verify = false\nhub.stay_connected = true\nhub.report_twin = false",
 			func(c *Config) bool { return !c.Hub.Verify && c.Hub.StayConnected && !c.Hub.ReportTwin }},
 	}
@@ -296,6 +308,7 @@ func TestProvisioningFingerprint(t *testing.T) {
 		`id_scope = "0ne00000A0A"` + "\npayload = '{ \"a\" : 1 }'",
 		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\nglobal_endpoint = \"https://GLOBAL.azure-devices-provisioning.net/\"",
 		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\napi_version = \"2019-03-31\"",
+		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\n[hub]\nauth = \"sas\"",
 	}
 	for _, s := range same {
 		if got := load(s); got != base {
@@ -308,6 +321,7 @@ func TestProvisioningFingerprint(t *testing.T) {
 		`id_scope = "0ne00000A0A"`,
 		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\nregistration_id = \"device-1\"",
 		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\nglobal_endpoint = \"https://127.0.0.1:8443\"",
+		`id_scope = "0ne00000A0A"` + "\npayload = '{\"a\":1}'\napi_version = \"2026-11-01\"\n[hub]\nauth = \"x509\"",
 	}
 	for _, s := range differ {
 		if got := load(s); got == base {

@@ -91,7 +91,7 @@ var specs = map[string]spec{
 	"tpm.check_interval": duration(func(c *Config) *time.Duration { return &c.TPM.CheckInterval },
 		time.Second, 24*time.Hour),
 	"tpm.identity_handle": text(func(c *Config, s string) (err error) {
-		c.TPM.IdentityHandle, err = identityHandle(s)
+		c.TPM.IdentityHandle, err = persistentHandle(s)
 		return err
 	}),
 
@@ -101,6 +101,26 @@ var specs = map[string]spec{
 	"hub.endpoint_override": text(func(c *Config, s string) error {
 		c.Hub.EndpointOverride = s
 		return unlessEmpty(s, checkHostPort)
+	}),
+	"hub.auth": text(func(c *Config, s string) (err error) {
+		c.Hub.Auth, err = oneOf(s, AuthSAS, AuthX509)
+		return err
+	}),
+	"hub.cert_key_handle": text(func(c *Config, s string) (err error) {
+		c.Hub.CertKeyHandle, err = persistentHandle(s)
+		return err
+	}),
+	"hub.cert_file": text(func(c *Config, s string) (err error) {
+		c.Hub.CertFile, err = optionalAbsPath(s)
+		return err
+	}),
+	"hub.renew_before": text(func(c *Config, s string) error {
+		if s == "" {
+			c.Hub.RenewBefore = 0
+			return nil
+		}
+		return duration(func(c *Config) *time.Duration { return &c.Hub.RenewBefore },
+			time.Second, 720*time.Hour).set(c, s)
 	}),
 
 	"token.allow": stringList(func(c *Config, items []string) error {
@@ -165,6 +185,29 @@ func checkMerged(c *Config, mainPath string, origins map[string]origin) []error 
 		o := origins["tpm.owner_auth_file"]
 		errs = append(errs, o.src.errorAt(o.key,
 			"only used with ownership = \"shared\" (with \"take\" dpsd sets the owner auth itself)"))
+	}
+	if c.Hub.CertFile != "" && c.Hub.Auth != AuthX509 {
+		o := origins["hub.cert_file"]
+		errs = append(errs, o.src.errorAt(o.key, "only used with auth = \"x509\" (the certificate's chain)"))
+	}
+	if h := c.Hub.CertKeyHandle; h != 0 {
+		o := origins["hub.cert_key_handle"]
+		switch {
+		case c.Hub.Auth != AuthX509:
+			errs = append(errs, o.src.errorAt(o.key, "only used with auth = \"x509\" (the certificate's key)"))
+		case h == c.TPM.IdentityHandle:
+			errs = append(errs, o.src.errorAt(o.key, fmt.Sprintf("%q is tpm.identity_handle too: the keys need a handle each", h.String())))
+		}
+	}
+	if c.Hub.Auth == AuthX509 && strings.TrimSuffix(c.Provisioning.APIVersion, "-preview") < dps.APIVersionCertificates {
+		// YYYY-MM-DD compares as text.
+		o, ok := origins["provisioning.api_version"]
+		if !ok {
+			o = origins["hub.auth"]
+		}
+		errs = append(errs, o.src.errorAt(o.key, fmt.Sprintf(
+			"auth = \"x509\" needs provisioning.api_version %s or later (DPS issues certificates from it on); it is %q",
+			dps.APIVersionCertificates, c.Provisioning.APIVersion)))
 	}
 	return errs
 }
@@ -428,9 +471,10 @@ func optionalAbsPath(s string) (string, error) {
 	return absPath(s)
 }
 
-// identityHandle checks identity_handle: "" (none) or a handle the owner
-// may make persistent that is not one dpsd itself uses.
-func identityHandle(s string) (tpmhandle.Handle, error) {
+// persistentHandle checks identity_handle and cert_key_handle: "" (none)
+// or a handle the owner may make persistent that is not one dpsd itself
+// uses.
+func persistentHandle(s string) (tpmhandle.Handle, error) {
 	if s == "" {
 		return 0, nil
 	}

@@ -248,6 +248,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := s.backend.Token(ctx, ttl)
 	switch {
+	case errors.Is(err, ErrCertificateAuth):
+		writeJSON(w, http.StatusConflict, apitype.Error{
+			Error: ErrCertificateAuth.Error() + ": there are no SAS tokens",
+			Fix:   "apps connect with the device's certificate (identity.crt in the state directory) instead",
+		})
+		return
 	case errors.Is(err, ErrNotProvisioned):
 		writeJSON(w, http.StatusConflict, apitype.Error{
 			Error: notProvisionedText(err, s.backend.Status().State),

@@ -24,6 +24,11 @@ import (
 // hub identity yet; the API answers it with 409 and a hint to wait.
 var ErrNotProvisioned = errors.New("the device is not provisioned yet")
 
+// ErrCertificateAuth is what Backend.Token returns when the device
+// authenticates to its hub with an X.509 certificate ([hub] auth =
+// "x509"): there are no tokens; the API answers 409.
+var ErrCertificateAuth = errors.New("this device authenticates with a certificate")
+
 // Backend is what the socket serves; the daemon implements it.
 type Backend interface {
 	// Status is the daemon's current state; it must not block.

@@ -123,6 +123,8 @@ func TestHandler(t *testing.T) {
 		{name: "token before provisioning, as the daemon wraps it", peer: tokenUserPeer, method: "POST", target: "/v1/token",
 			tokenErr: engineWords{errors.New("the device is not provisioned yet")}, wantCode: 409,
 			wantInBody: `"the device is not provisioned yet (state provisioned)"`},
+		{name: "token from a device with a certificate", peer: tokenUserPeer, method: "POST", target: "/v1/token",
+			tokenErr: localapi.ErrCertificateAuth, wantCode: 409, wantInBody: "this device authenticates with a certificate"},
 		{name: "token with a lost key, in the engine's words", peer: tokenUserPeer, method: "POST", target: "/v1/token",
 			tokenErr: engineWords{errors.New("the device's hub key no longer works: the SRK changed")}, wantCode: 409,
 			wantInBody: `"the device's hub key no longer works: the SRK changed"`},

@@ -18,6 +18,9 @@ import (
 // with the hub identity: the key itself never leaves the TPM. ttl must
 // already be bounded by the caller's policy.
 func (e *Engine) Token(ctx context.Context, ttl time.Duration) (apitype.Token, error) {
+	if e.x509Mode() {
+		return apitype.Token{}, ErrCertificateAuth
+	}
 	id := e.currentIdentity()
 	if id == nil {
 		return apitype.Token{}, e.noIdentity("")
@@ -103,6 +106,11 @@ func (e *Engine) CheckIdentity(ctx context.Context) error {
 	}
 	if err := e.device().LoadCheck(ctx, id.key); err != nil {
 		return err
+	}
+	if id.cert != nil {
+		if err := e.device().LoadCheck(ctx, (*tpmdev.WrappedKey)(id.cert.key)); err != nil {
+			return err
+		}
 	}
 	if !e.hubCheckOnRequest() {
 		return nil

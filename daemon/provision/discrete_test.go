@@ -142,7 +142,11 @@ type fixture struct {
 	client *dps.Client
 }
 
-func newFixture(tb testing.TB) *fixture {
+func newFixture(tb testing.TB) *fixture { tb.Helper(); return newFixtureFor(tb, "") }
+
+// newFixtureFor is newFixture for a device that asks for certificates
+// under the credential policy named policy (a 30-day lifetime); "": SAS.
+func newFixtureFor(tb testing.TB, policy string) *fixture {
 	tb.Helper()
 	emu, err := dpsemu.Start(dpsemu.Options{
 		Dir: tb.TempDir(), IDScope: discreteScope, Hubs: []string{"hub-discrete.azure-devices.example"},
@@ -152,13 +156,22 @@ func newFixture(tb testing.TB) *fixture {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { emu.Close() })
-	f := &fixture{emu: emu, info: freshEnrolledTPM(tb, emu), cfg: config.Default()}
+	var enrollment map[string]any
+	if policy != "" {
+		adminPut(tb, emu, "/credentialPolicies/"+policy, map[string]any{"certificateLifetime": "720h"})
+		enrollment = map[string]any{"credentialPolicyName": policy}
+	}
+	f := &fixture{emu: emu, info: freshEnrolledTPM(tb, emu, enrollment), cfg: config.Default()}
+	if policy != "" {
+		f.cfg.Hub.Auth = config.AuthX509
+		f.cfg.Provisioning.APIVersion = dps.APIVersionCertificates
+	}
 	f.cfg.Provisioning.GlobalEndpoint = "https://" + emu.Addrs().DPS
 	f.cfg.Provisioning.IDScope = discreteScope
 	f.cfg.TPM.Device = f.info.Spec()
 	f.cfg.State.Dir = tb.TempDir()
 	f.client, err = dps.NewClient(dps.ClientConfig{
-		Endpoint: f.cfg.Provisioning.GlobalEndpoint, IDScope: discreteScope,
+		Endpoint: f.cfg.Provisioning.GlobalEndpoint, IDScope: discreteScope, APIVersion: f.cfg.Provisioning.APIVersion,
 		RootCAs: emu.RootCAs(), Timeout: 10 * time.Second,
 	})
 	if err != nil {
@@ -195,7 +208,8 @@ func (f *fixture) boot(tb testing.TB, open func() (*tpmdev.Device, *tpmtest.Late
 			openOnce.Do(func() { r.dev, r.lat, err = open() })
 			return r.dev, err
 		},
-		DPS: f.client,
+		DPS:        f.client,
+		DPSWithCSR: func(csr []byte) provision.DPS { return f.client.WithCSR(csr) },
 		OnPhase: func(text string) {
 			select {
 			case phases <- text:
@@ -284,7 +298,7 @@ func (r bootResult) report(t *testing.T, name string) {
 // freshEnrolledTPM starts an swtpm, enrolls its EK with the emulator and
 // puts the TPM back as it was before the EK was made, so that the first
 // boot creates the EK as on a new device (same endorsement seed: same EK).
-func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
+func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator, extra map[string]any) tpmtest.SwtpmInfo {
 	t.Helper()
 	dir := t.TempDir()
 	info := tpmtest.StartSwtpm(t, dir)
@@ -305,11 +319,26 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 		t.Fatal(err)
 	}
 	regID := dps.RegistrationID(ek.Public)
-	body, _ := json.Marshal(map[string]any{
+	enr := map[string]any{
 		"registrationId": regID,
 		"attestation":    map[string]any{"type": "tpm", "tpm": map[string]any{"endorsementKey": base64.StdEncoding.EncodeToString(ek.Public)}},
-	})
-	req, err := http.NewRequest("PUT", "http://"+emu.Addrs().Admin+"/enrollments/"+regID, bytes.NewReader(body))
+	}
+	for k, v := range extra {
+		enr[k] = v
+	}
+	adminPut(t, emu, "/enrollments/"+regID, enr)
+	info.Stop()
+	if err := os.WriteFile(perm, fresh, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tpmtest.StartSwtpm(t, dir)
+}
+
+// adminPut sends one PUT to the emulator's admin API.
+func adminPut(t testing.TB, emu *dpsemu.Emulator, path string, v any) {
+	t.Helper()
+	body, _ := json.Marshal(v)
+	req, err := http.NewRequest("PUT", "http://"+emu.Addrs().Admin+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,11 +349,38 @@ func freshEnrolledTPM(t testing.TB, emu *dpsemu.Emulator) tpmtest.SwtpmInfo {
 	}
 	resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		t.Fatalf("PUT enrollment: %s", resp.Status)
+		t.Fatalf("PUT %s: %s", path, resp.Status)
 	}
-	info.Stop()
-	if err := os.WriteFile(perm, fresh, 0o600); err != nil {
-		t.Fatal(err)
+}
+
+// TestDiscreteTPMCostX509 is TestDiscreteTPMCost in x509 mode: a first
+// boot and a re-registration (what a renewal does: a new key, a CSR). On
+// a TPM with P-256 the certificate's key is an ECC key: no RSA key
+// generation beyond the EK and SRK at first boot, none at a renewal.
+// Wall-clock and modelled times are logged, never asserted.
+func TestDiscreteTPMCostX509(t *testing.T) {
+	f := newFixtureFor(t, "discrete")
+	open := func(seed uint64) func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+		return func() (*tpmdev.Device, *tpmtest.LatencyTPM, error) {
+			return tpmtest.OpenWithLatency(f.info, seed, tpmtest.Logger(t))
+		}
 	}
-	return tpmtest.StartSwtpm(t, dir)
+	cold, stop := f.boot(t, open(1), "")
+	stop()
+	cold.report(t, "x509 first boot")
+	if n := cold.lat.RSAKeyGenerations(); n == 0 || n > 2 {
+		t.Errorf("x509 first boot generated %d RSA keys, want the EK and the SRK (2) at most", n)
+	}
+	again, stop := f.boot(t, open(2), apitype.ReasonRequested)
+	stop()
+	again.report(t, "x509 restart and re-registration (a renewal's work)")
+	if n := again.lat.RSAKeyGenerations(); n != 0 {
+		t.Errorf("x509 re-registration generated %d RSA keys, want 0 (a P-256 key)", n)
+	}
+	if n := again.dev.Stats().ByCommand["Create"].Count; n != 1 {
+		t.Errorf("x509 re-registration sent %d TPM2_Create, want 1 (the new certificate key)", n)
+	}
+	if st := f.emu.Stats(); st["certificates_issued"] != 2 {
+		t.Errorf("emulator issued %d certificates, want 2", st["certificates_issued"])
+	}
 }

@@ -37,6 +37,9 @@ type Options struct {
 	// (the device may appear late).
 	OpenTPM func() (*tpmdev.Device, error)
 	DPS     DPS
+	// DPSWithCSR is DPS sending csr (DER PKCS #10) with the registration,
+	// for [hub] auth = "x509" (*dps.Client.WithCSR); required then.
+	DPSWithCSR func(csr []byte) DPS
 	// Hub says how to reach the assigned hub; nil never connects to it.
 	Hub *HubOptions
 	// OnPhase is called on every phase change with words for a technician
@@ -104,18 +107,20 @@ func New(o Options) *Engine {
 	e.status.s = apitype.Status{State: apitype.PhaseStarting, Version: version.Version}
 	if o.Config != nil {
 		e.status.s.IDScope = o.Config.Provisioning.IDScope
+		e.status.s.Credential = e.credentialStatus(nil)
 	}
 	return e
 }
 
 // errIncomplete: Options lack a part the engine cannot run without.
-var errIncomplete = errors.New("provision: Options need Config, Store, OpenTPM, DPS and Log")
+var errIncomplete = errors.New("provision: Options need Config, Store, OpenTPM, DPS (and DPSWithCSR for x509) and Log")
 
 // Run drives the device to provisioned and keeps it there until ctx ends.
 // It never gives up because DPS is down, and returns nil when ctx ends;
 // any other return is an error: the engine could not run at all.
 func (e *Engine) Run(ctx context.Context) error {
-	if e.cfg == nil || e.o.Store == nil || e.o.OpenTPM == nil || e.o.DPS == nil || e.log == nil {
+	if e.cfg == nil || e.o.Store == nil || e.o.OpenTPM == nil || e.o.DPS == nil || e.log == nil ||
+		(e.x509Mode() && e.o.DPSWithCSR == nil) {
 		return errIncomplete
 	}
 	rec := e.loadRecord()
@@ -169,7 +174,11 @@ func (e *Engine) carryOut(ctx context.Context, dev tpmDevice, r round) outcome {
 		return outcome{hubRejected: true}
 	}
 	unsaved, err := e.rec.saveAgain()
-	return outcome{unsaved: unsaved, saveErr: err}
+	o := outcome{unsaved: unsaved, saveErr: err}
+	if id := e.currentIdentity(); id != nil && id.cert != nil {
+		o.renewIn = max(id.cert.renewAt.Sub(e.now()), time.Nanosecond)
+	}
+	return o
 }
 
 // converge brings the device to provisioned. reason, when set, forces a new

@@ -25,6 +25,8 @@ type rig struct {
 	cfg *config.Config
 	// tweak, when set, changes an engine before it runs.
 	tweak func(*Engine)
+	// withCSR is Options.DPSWithCSR (x509 rigs).
+	withCSR func(csr []byte) DPS
 }
 
 func newRig(t *testing.T) *rig {
@@ -45,11 +47,12 @@ func (r *rig) start(t *testing.T) *running {
 	t.Helper()
 	changed := make(chan struct{}, 1)
 	e := New(Options{
-		Config:  r.cfg,
-		Store:   &state.Store{Dir: r.cfg.State.Dir},
-		OpenTPM: func() (*tpmdev.Device, error) { return nil, errors.New("the rig's TPM is a fake") },
-		DPS:     r.dps,
-		Hub:     &HubOptions{},
+		Config:     r.cfg,
+		Store:      &state.Store{Dir: r.cfg.State.Dir},
+		OpenTPM:    func() (*tpmdev.Device, error) { return nil, errors.New("the rig's TPM is a fake") },
+		DPS:        r.dps,
+		DPSWithCSR: r.withCSR,
+		Hub:        &HubOptions{},
 		OnChange: func() {
 			select {
 			case changed <- struct{}{}:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/state"
 	"github.com/dpsd-project/dpsd/daemon/version"
+	"github.com/dpsd-project/dpsd/daemon/x509cred"
 	"github.com/dpsd-project/dpsd/tpmdev"
 )
 
@@ -102,7 +104,11 @@ func (e *Engine) hubCheckOnRequest() bool {
 func (e *Engine) proveWithHub(ctx context.Context, id *identity) error {
 	e.hub.checkMu.Lock()
 	defer e.hub.checkMu.Unlock()
-	took, err := e.hub.client.Check(ctx, e.hubConfig(id), e.reported(e.rec.get()))
+	cfg, err := e.hubConfig(id)
+	var took time.Duration
+	if err == nil {
+		took, err = e.hub.client.Check(ctx, cfg, e.reported(e.rec.get()))
+	}
 	now := e.now().UTC().Truncate(time.Second)
 	switch {
 	case err == nil:
@@ -194,7 +200,10 @@ func (e *Engine) startSession(ctx context.Context, id *identity) {
 	}
 	go func() {
 		defer close(s.done)
-		err := e.hub.client.Stay(sctx, e.hubConfig(id), reported, handlers, onState)
+		cfg, err := e.hubConfig(id)
+		if err == nil {
+			err = e.hub.client.Stay(sctx, cfg, reported, handlers, onState)
+		}
 		if sctx.Err() != nil || e.currentIdentity() != id {
 			return
 		}
@@ -236,16 +245,31 @@ func (s *session) ended() bool {
 	}
 }
 
-func (e *Engine) hubConfig(id *identity) hub.Config {
-	return hub.Config{
+func (e *Engine) hubConfig(id *identity) (hub.Config, error) {
+	cfg := hub.Config{
 		Hub:      id.hub,
 		DeviceID: id.deviceID,
 		Endpoint: e.o.Hub.Endpoint,
 		RootCAs:  e.o.Hub.RootCAs,
-		Sign:     e.signer(e.device(), id.key),
 		Now:      e.now,
 		Log:      e.log,
 	}
+	if id.cert == nil {
+		cfg.Sign = e.signer(e.device(), id.key)
+		return cfg, nil
+	}
+	// X.509: the TLS handshake signs with the certificate's TPM key; no
+	// SAS token, an empty password.
+	signer, err := e.tlsCertificate(e.device(), id.cert)
+	if err != nil {
+		return cfg, fmt.Errorf("using the certificate's key: %w", err)
+	}
+	tc, err := x509cred.TLSCertificate(id.cert.chain, signer)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Certificate = &tc
+	return cfg, nil
 }
 
 // reported is the twin's reported "dpsd" section: enough for an operator

@@ -17,6 +17,8 @@ type identity struct {
 	key      *tpmdev.WrappedKey
 	hub      string
 	deviceID string
+	// cert is the X.509 credential ([hub] auth = "x509"), nil with SAS.
+	cert *certificate
 }
 
 // idSlot holds the committed, working hub identity, which Token and the
@@ -92,7 +94,19 @@ func (e *Engine) tryKey(ctx context.Context, dev tpmDevice, rec state.Record) (k
 		}
 		return keyLoadFailed, fmt.Errorf("loading the identity key: %w", err)
 	}
-	e.ids.set(&identity{key: key, hub: rec.AssignedHub, deviceID: rec.DeviceID})
+	id := &identity{key: key, hub: rec.AssignedHub, deviceID: rec.DeviceID}
+	if e.x509Mode() {
+		cert, check, err := e.tryCertificate(ctx, dev, rec)
+		if cert == nil {
+			if check == keyInvalidated {
+				e.ids.drop(keyNoLongerLoads)
+			}
+			return check, err
+		}
+		id.cert = cert
+	}
+	e.ids.set(id)
+	e.showCredential(id)
 	return keyLoads, nil
 }
 
@@ -101,7 +115,7 @@ func (e *Engine) tryKey(ctx context.Context, dev tpmDevice, rec state.Record) (k
 // still loads. An empty reason means the device is provisioned and nothing
 // needs doing.
 func (e *Engine) needsRegistration(ctx context.Context, dev tpmDevice, rec state.Record, fp fingerprint) (apitype.Reason, error) {
-	f := tpmFacts{rec: rec, srkName: fp.srkName, configFP: e.cfg.ProvisioningFingerprint()}
+	f := tpmFacts{rec: rec, srkName: fp.srkName, configFP: e.cfg.ProvisioningFingerprint(), x509: e.x509Mode()}
 	reason, try := registrationNeeded(f)
 	if reason == apitype.ReasonTPMCleared {
 		e.log.Warn("TPM cleared: the SRK changed", "recorded", rec.SRKName, "now", fp.srkName)
@@ -112,6 +126,9 @@ func (e *Engine) needsRegistration(ctx context.Context, dev tpmDevice, rec state
 	var err error
 	if f.key, err = e.tryKey(ctx, dev, rec); err != nil {
 		return "", err
+	}
+	if id := e.currentIdentity(); id != nil && id.cert != nil {
+		f.renewAt, f.now = id.cert.renewAt, e.now()
 	}
 	reason, _ = registrationNeeded(f)
 	return reason, nil

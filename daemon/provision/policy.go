@@ -83,6 +83,9 @@ type outcome struct {
 	// after DPS had assigned it); saveErr is the error of saving it again.
 	unsaved bool
 	saveErr error
+	// renewIn: the certificate in use is due for renewal in this long;
+	// 0 without one.
+	renewIn time.Duration
 }
 
 // next is what Run does after a round.
@@ -118,13 +121,26 @@ func (p policy) after(o outcome) (policy, next) {
 	}
 	if !o.unsaved || o.saveErr == nil {
 		p.saveFailures = 0
-		return p, next{wait: p.checkInterval}
+		return p, next{wait: untilRenewal(p.checkInterval, o.renewIn)}
 	}
 	// The device stays provisioned; the save is tried again soon, DPS is
 	// not asked again.
 	p.saveFailures++
 	return p, next{wait: min(p.retry.Delay(p.saveFailures, 0, false), p.checkInterval)}
 }
+
+// untilRenewal is the wait of a provisioned device: the check interval,
+// or less when the certificate is due for renewal sooner (at least
+// minRenewWait, so that a certificate due now costs no busy loop).
+func untilRenewal(checkInterval, renewIn time.Duration) time.Duration {
+	if renewIn == 0 {
+		return checkInterval
+	}
+	return min(checkInterval, max(renewIn, minRenewWait))
+}
+
+// minRenewWait is the shortest wait before a renewal round.
+const minRenewWait = time.Second
 
 // failWait is the wait after the p.failures-th consecutive failure, err.
 func (p policy) failWait(err error) time.Duration {
@@ -241,6 +257,11 @@ type tpmFacts struct {
 	srkName  string // hex name of the SRK at 0x81000001 now
 	configFP string // the config's provisioning fingerprint now
 	key      keyCheck
+	// x509: the hub credential is a certificate; renewAt is when the one
+	// in use is due for renewal (zero: none), now the time.
+	x509    bool
+	renewAt time.Time
+	now     time.Time
 }
 
 // registrationNeeded is the reason the device must register for, "" when
@@ -263,7 +284,32 @@ func registrationNeeded(f tpmFacts) (reason apitype.Reason, tryKey bool) {
 	case keyInvalidated:
 		return apitype.ReasonTPMCleared, false
 	}
+	if f.x509 && (f.key == keyProven || f.key == keyLoads) {
+		if !f.renewAt.IsZero() && !f.now.Before(f.renewAt) {
+			// Due, or expired while the daemon was stopped.
+			return apitype.ReasonCertRenewal, false
+		}
+	}
 	return "", false // proven, loads, or the round fails with the load error
+}
+
+// renewAt is when a certificate valid from notBefore to notAfter,
+// received at issued, is renewed: at two thirds of its life, or
+// renewBefore ahead of its expiry. Its life starts when it was received
+// when notBefore is earlier (issuers backdate it for slow clocks), and a
+// renewBefore longer than half of it renews halfway: a certificate is
+// never due the moment it arrives, which would make the device register
+// again and again.
+func renewAt(notBefore, notAfter, issued time.Time, renewBefore time.Duration) time.Time {
+	start := notBefore
+	if issued.After(start) {
+		start = issued
+	}
+	life := max(notAfter.Sub(start), 0)
+	if renewBefore <= 0 {
+		return notAfter.Add(-life / 3)
+	}
+	return notAfter.Add(-min(renewBefore, life/2))
 }
 
 // switchStep is what a start does with an identity key staged by a switch
@@ -279,10 +325,25 @@ const (
 // interruptedSwitch decides the fate of staged, the staged key (nil when
 // none), given the record found at start.
 func interruptedSwitch(rec state.Record, found bool, staged []byte) switchStep {
-	switch {
-	case staged == nil:
+	if staged == nil {
 		return switchNone
-	case found && rec.IdentityDigest == digest(staged):
+	}
+	return stagedFate(found, rec.IdentityDigest, digest(staged))
+}
+
+// interruptedCertSwitch is interruptedSwitch for a staged certificate
+// (staged false: nothing staged).
+func interruptedCertSwitch(rec state.Record, found bool, files state.Certificate, staged bool) switchStep {
+	if !staged {
+		return switchNone
+	}
+	return stagedFate(found, rec.CertificateDigest, certDigest(files))
+}
+
+// stagedFate: a staged file the found record names is finished, any other
+// discarded.
+func stagedFate(found bool, recorded, staged string) switchStep {
+	if found && recorded == staged {
 		return switchFinish
 	}
 	return switchDiscard

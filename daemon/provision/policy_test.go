@@ -259,6 +259,50 @@ func casesDisk() []policyCase {
 	}
 }
 
+// x509Facts is a provisioned x509 device whose certificate is due at
+// renew, looked at at now.
+func x509Facts(key keyCheck, renew, now time.Time) tpmFacts {
+	f := facts("srk", "cfg", key)
+	f.x509, f.renewAt, f.now = true, renew, now
+	return f
+}
+
+func casesRenewal() []policyCase {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	stagedCert := state.Certificate{Key: []byte("tls key"), Chain: []byte("chain")}
+	namingCert := state.Record{RegistrationID: "reg", CertificateDigest: certDigest(stagedCert)}
+	renewing := outcome{renewIn: 30 * time.Second}
+	return []policyCase{
+		// When a certificate is renewed.
+		{"renewal at two thirds of the life", renewAt(t0, t0.Add(30*day), t0, 0), t0.Add(20 * day)},
+		{"a backdated notBefore: two thirds from receipt", renewAt(t0.Add(-time.Hour), t0.Add(30*time.Second), t0, 0), t0.Add(20 * time.Second)},
+		{"renew_before ahead of expiry", renewAt(t0, t0.Add(30*day), t0, 36*time.Hour), t0.Add(30*day - 36*time.Hour)},
+		{"a renew_before longer than half the life renews halfway", renewAt(t0, t0.Add(time.Minute), t0, time.Hour), t0.Add(30 * time.Second)},
+		{"a certificate received before notBefore: life from notBefore", renewAt(t0, t0.Add(30*day), t0.Add(-day), 0), t0.Add(20 * day)},
+		{"before renewAt nothing to do", need(x509Facts(keyProven, t0.Add(time.Hour), t0)), "/false"},
+		{"at renewAt: register for a renewal", need(x509Facts(keyProven, t0, t0)), "certificate-renewal/false"},
+		{"expired at start: straight to a registration", need(x509Facts(keyLoads, t0, t0.Add(40*day))), "certificate-renewal/false"},
+		{"a cleared TPM: a new key and certificate", need(x509Facts(keyInvalidated, t0.Add(time.Hour), t0)), "tpm-cleared/false"},
+		{"a SAS device never renews", need(facts("srk", "cfg", keyLoads)), "/false"},
+
+		// Waiting for it.
+		{"provisioned: wait until renewAt when sooner than check_interval", play(state.Record{}, begin, after(renewing)), next{wait: 30 * time.Second}},
+		{"renewAt later than check_interval: check_interval", play(state.Record{}, begin, after(outcome{renewIn: time.Hour})), next{wait: checkEvery}},
+		{"a renewal due now waits a second, not a busy loop", play(state.Record{}, begin, after(outcome{renewIn: time.Nanosecond})), next{wait: minRenewWait}},
+		{"a failed renewal backs off (the old certificate stays in use)",
+			play(provisioned, begin, after(renewing), begin, fail(dpsDown)), between{time.Second, 2 * time.Second, apitype.PhaseFailed}},
+		{"and backs off longer the next time",
+			play(provisioned, append([]step{begin, after(renewing)}, failTimes(dpsDown, 3)...)...), between{4 * time.Second, 8 * time.Second, apitype.PhaseFailed}},
+		{"a refused chain backs off slowly", play(provisioned, begin, fail(permanent{errors.New("chain refused")})), between{perm / 2, perm, apitype.PhaseFailed}},
+
+		// A crash in the middle of a certificate switch.
+		{"no certificate staged", interruptedCertSwitch(namingCert, true, state.Certificate{}, false), switchNone},
+		{"the record names the staged certificate: finish", interruptedCertSwitch(namingCert, true, stagedCert, true), switchFinish},
+		{"a staged certificate no record names: discard", interruptedCertSwitch(provisioned, true, stagedCert, true), switchDiscard},
+	}
+}
+
 func casesPoll() []policyCase {
 	return []policyCase{
 		// Polling DPS while it assigns.
@@ -281,7 +325,7 @@ func casesPoll() []policyCase {
 // without a TPM.
 func TestPolicy(t *testing.T) {
 	var tests []policyCase
-	for _, cases := range [][]policyCase{casesStart(), casesClear(), casesHub(), casesRequests(), casesFailures(), casesDisk(), casesPoll()} {
+	for _, cases := range [][]policyCase{casesStart(), casesClear(), casesHub(), casesRequests(), casesFailures(), casesDisk(), casesPoll(), casesRenewal()} {
 		tests = append(tests, cases...)
 	}
 	for _, tt := range tests {

@@ -29,6 +29,18 @@ func (e *Engine) loadRecord() state.Record {
 		err = e.o.Store.DiscardStaged()
 		e.log.Info("discarded an identity from an interrupted registration", "err", err)
 	}
+	if certFiles, staged, err := e.o.Store.LoadStagedCertificate(); err != nil {
+		e.log.Error("reading the staged certificate failed", "err", err)
+	} else {
+		switch interruptedCertSwitch(rec, found, certFiles, staged) {
+		case switchFinish:
+			err = e.o.Store.CommitCertificate()
+			e.log.Info("finished an interrupted certificate switch", "err", err)
+		case switchDiscard:
+			err = e.o.Store.DiscardStagedCertificate()
+			e.log.Info("discarded a certificate from an interrupted registration", "err", err)
+		}
+	}
 	if !found {
 		return state.Record{}
 	}
@@ -55,8 +67,10 @@ type ledger struct {
 	mu  sync.Mutex
 	rec state.Record
 	// unsavedKey is the identity key rec names when it is not on disk yet
-	// (the disk refused it after DPS had assigned it).
-	unsavedKey []byte
+	// (the disk refused it after DPS had assigned it); unsavedCert its
+	// certificate (x509), nil without one.
+	unsavedKey  []byte
+	unsavedCert *state.Certificate
 }
 
 // recordFiles is where the ledger writes: a *state.Store, or a disk that
@@ -66,6 +80,9 @@ type recordFiles interface {
 	StageIdentity(key []byte) error
 	CommitIdentity() error
 	DiscardStaged() error
+	StageCertificate(state.Certificate) error
+	CommitCertificate() error
+	DiscardStagedCertificate() error
 }
 
 func (l *ledger) init(rec state.Record) {
@@ -100,13 +117,14 @@ func (l *ledger) changeIf(f func(*state.Record) bool) error {
 	return l.saveLocked()
 }
 
-// adopt makes next, which names the identity key raw, the record, and
-// switches the identity on disk. When that fails, the key stays in memory
-// (unsaved) and every later save tries the whole switch again.
-func (l *ledger) adopt(next state.Record, raw []byte) error {
+// adopt makes next, which names the identity key raw (and cert, when
+// not nil), the record, and switches the identity on disk. When that
+// fails, the key stays in memory (unsaved) and every later save tries the
+// whole switch again.
+func (l *ledger) adopt(next state.Record, raw []byte, cert *state.Certificate) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rec, l.unsavedKey = next, raw
+	l.rec, l.unsavedKey, l.unsavedCert = next, raw, cert
 	return l.saveLocked()
 }
 
@@ -134,15 +152,30 @@ func (l *ledger) saveLocked() error {
 	if err := l.store.StageIdentity(l.unsavedKey); err != nil {
 		return err // names what it was staging
 	}
+	if c := l.unsavedCert; c != nil {
+		if err := l.store.StageCertificate(*c); err != nil {
+			_ = l.store.DiscardStaged()
+			return err
+		}
+	}
 	if _, err := l.store.Save(l.rec); err != nil {
 		_ = l.store.DiscardStaged()
+		if l.unsavedCert != nil {
+			_ = l.store.DiscardStagedCertificate()
+		}
 		return err
 	}
+	// The record names the staged files: should a commit fail, the next
+	// start finishes it.
 	if err := l.store.CommitIdentity(); err != nil {
-		// The record names the staged key: the next start finishes this.
 		return err
 	}
-	l.unsavedKey = nil
+	if l.unsavedCert != nil {
+		if err := l.store.CommitCertificate(); err != nil {
+			return err
+		}
+	}
+	l.unsavedKey, l.unsavedCert = nil, nil
 	return nil
 }
 

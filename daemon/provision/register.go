@@ -48,7 +48,18 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 	}
 
 	e.setPhase(apitype.PhaseRegistering, "registering with DPS as "+regID)
-	ch, err := e.o.DPS.Challenge(ctx, regID, keys.ek.Public, keys.srk.Public, payload)
+	d := e.o.DPS
+	var req *certRequest
+	if e.x509Mode() {
+		// A fresh key for every certificate: a renewal never reuses the
+		// key of the certificate it replaces.
+		var err error
+		if req, err = e.newCertRequest(ctx, dev, regID); err != nil {
+			return err
+		}
+		d = e.o.DPSWithCSR(req.csr)
+	}
+	ch, err := d.Challenge(ctx, regID, keys.ek.Public, keys.srk.Public, payload)
 	if err != nil {
 		return fmt.Errorf("requesting the TPM challenge: %w", err)
 	}
@@ -67,12 +78,12 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 	if err := e.prepareSwitch(reason); err != nil {
 		return err
 	}
-	op, err := e.o.DPS.Register(ctx, regID, keys.ek.Public, keys.srk.Public, payload, token)
+	op, err := d.Register(ctx, regID, keys.ek.Public, keys.srk.Public, payload, token)
 	if err != nil {
 		e.dropIfReplaced(err)
 		return fmt.Errorf("sending the registration: %w", err)
 	}
-	if op, err = e.awaitAssignment(ctx, regID, op, token); err != nil {
+	if op, err = e.awaitAssignment(ctx, d, regID, op, token); err != nil {
 		return err
 	}
 	rs, err := assigned(op)
@@ -80,12 +91,20 @@ func (e *Engine) register(ctx context.Context, dev tpmDevice, keys tpmKeys, reas
 		e.dropIfReplaced(err)
 		return err
 	}
+	var cert *certificate
+	if req != nil {
+		// Checked before anything is replaced: the old certificate
+		// stays valid at the hub, and in use.
+		if cert, err = e.acceptChain(req, rs.IssuedCertificateChain, regID); err != nil {
+			return err
+		}
+	}
 	key, err := dev.Import(ctx, rs.TPM.AuthenticationKey, keys.endorsementAuth)
 	if err != nil {
 		e.dropReplacedIdentity(err)
 		return fmt.Errorf("importing the hub identity: %w", err)
 	}
-	return e.commit(ctx, dev, keys, key, regID, rs, reason)
+	return e.commit(ctx, dev, keys, key, cert, regID, rs, reason)
 }
 
 // assigned is the registration state of DPS's final answer op, or why it
@@ -113,7 +132,7 @@ func assigned(op *dps.Operation) (*dps.RegistrationState, error) {
 
 // awaitAssignment polls the operation until DPS has decided, within
 // Retry.Assign. A technician's request cuts it short (errRestartRequested).
-func (e *Engine) awaitAssignment(ctx context.Context, regID string, op *dps.Operation, token string) (*dps.Operation, error) {
+func (e *Engine) awaitAssignment(ctx context.Context, d DPS, regID string, op *dps.Operation, token string) (*dps.Operation, error) {
 	e.setPhase(apitype.PhaseAssigning, "waiting for DPS to assign a hub")
 	deadline := time.Now().Add(e.o.Retry.Assign)
 	for op.Status == dps.StatusAssigning || op.Status == dps.StatusUnassigned {
@@ -125,7 +144,7 @@ func (e *Engine) awaitAssignment(ctx context.Context, regID string, op *dps.Oper
 			return nil, err
 		}
 		var err error
-		if op, err = e.o.DPS.Poll(ctx, regID, op.ID, token); err != nil {
+		if op, err = d.Poll(ctx, regID, op.ID, token); err != nil {
 			e.dropIfReplaced(err)
 			var de *dps.Error
 			if errors.As(err, &de) && (de.HTTPStatus == http.StatusUnauthorized || de.HTTPStatus == http.StatusNotFound) {
@@ -170,7 +189,9 @@ func (e *Engine) dropIfReplaced(err error) {
 // token may be signed with it, and the status must not say the hub
 // accepts it. The next attempt registers again.
 func (e *Engine) dropReplacedIdentity(why error) {
-	if e.currentIdentity() == nil {
+	if e.currentIdentity() == nil || e.x509Mode() {
+		// The hub accepts a certificate until it expires, whatever DPS
+		// does with the SAS key: the old one stays in use.
 		return
 	}
 	e.log.Error("DPS replaced the hub key but the new one cannot be used: the old identity is dropped", "err", why)
@@ -182,10 +203,18 @@ func (e *Engine) dropReplacedIdentity(why error) {
 // commit makes the assigned identity the device's: in use at once, and
 // on disk as soon as the disk takes it (Run saves it again while it does
 // not; DPS is not asked again).
-func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
+func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, cert *certificate, regID string, rs *dps.RegistrationState, reason apitype.Reason) error {
 	raw, err := key.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("encoding the identity key: %w", err)
+	}
+	var certFiles *state.Certificate
+	if cert != nil {
+		files, err := encodeCertificate(cert)
+		if err != nil {
+			return err
+		}
+		certFiles = &files
 	}
 	fp := keys.fingerprint()
 	prev := e.rec.get()
@@ -204,7 +233,12 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 		OwnerAuthSealed:   e.ownerAuthSealed(&prev, fp.srkName),
 		PendingReason:     e.pendingAfterCommit(),
 	}
-	e.ids.set(&identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID})
+	if certFiles != nil {
+		next.CertificateDigest = certDigest(*certFiles)
+	}
+	id := &identity{key: key, hub: rs.AssignedHub, deviceID: rs.DeviceID, cert: cert}
+	e.ids.set(id)
+	e.showCredential(id)
 	e.update(func(s *apitype.Status) {
 		s.AssignedHub = rs.AssignedHub
 		s.DeviceID = rs.DeviceID
@@ -213,13 +247,23 @@ func (e *Engine) commit(ctx context.Context, dev tpmDevice, keys tpmKeys, key *t
 		s.Reason = reason
 		s.Hub = apitype.HubStatus{} // nobody has asked the hub about this key yet
 	})
-	if err := e.rec.adopt(next, raw); err != nil {
+	if err := e.rec.adopt(next, raw, certFiles); err != nil {
 		e.log.Error("the new hub identity is in use but not saved yet; saving it again later, without registering again", "err", err)
 	}
+	if certFiles != nil {
+		e.publishChain(*certFiles)
+	}
 	if h := e.cfg.TPM.IdentityHandle; h != 0 {
-		if err := e.persistIdentity(ctx, dev, keys, key, h); err != nil {
+		if err := e.persistKey(ctx, dev, keys, key, h); err != nil {
 			// The key on disk works; other SDK apps just cannot find it.
 			e.log.Error("persisting the identity key for other apps failed", "handle", h, "err", err)
+		}
+	}
+	if h := e.cfg.Hub.CertKeyHandle; h != 0 && cert != nil {
+		// Only now, with the new certificate in use, does its key replace
+		// the old one at the handle (TPM2_EvictControl of the old first).
+		if err := e.persistKey(ctx, dev, keys, (*tpmdev.WrappedKey)(cert.key), h); err != nil {
+			e.log.Error("persisting the certificate's key for other apps failed", "handle", h, "err", err)
 		}
 	}
 	return nil
@@ -232,9 +276,8 @@ func (e *Engine) pendingAfterCommit() apitype.Reason {
 	return pendingAfterCommit(e.requests.peek())
 }
 
-// persistIdentity makes the identity key persistent at handle, for other
-// SDK apps.
-func (e *Engine) persistIdentity(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle tpmhandle.Handle) error {
+// persistKey makes key persistent at handle, for other apps.
+func (e *Engine) persistKey(ctx context.Context, dev tpmDevice, keys tpmKeys, key *tpmdev.WrappedKey, handle tpmhandle.Handle) error {
 	owner, err := keys.ownerAuth(ctx)
 	if err != nil {
 		return err

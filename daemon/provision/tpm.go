@@ -3,6 +3,7 @@ package provision
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -73,6 +74,10 @@ type tpmDevice interface {
 	Import(ctx context.Context, blob, endorsementAuth []byte) (*tpmdev.WrappedKey, error)
 	// Persist makes k persistent at a handle for other apps.
 	Persist(ctx context.Context, k *tpmdev.WrappedKey, at tpmhandle.Handle, ownerAuth []byte) error
+	// CreateSigningKey makes a signing key under the SRK for an X.509
+	// certificate; KeySigner signs with it in the TPM.
+	CreateSigningKey(ctx context.Context, alg tpmdev.KeyAlgorithm) (*tpmdev.SigningKey, error)
+	KeySigner(k *tpmdev.SigningKey) (crypto.Signer, error)
 }
 
 // device is a *tpmdev.Device as the engine uses it.
@@ -84,6 +89,14 @@ func (d device) Import(ctx context.Context, raw, endorsementAuth []byte) (*tpmde
 		return nil, permanent{fmt.Errorf("DPS sent a malformed authenticationKey: %w", err)}
 	}
 	return d.ActivateAndImport(ctx, b, endorsementAuth)
+}
+
+func (d device) KeySigner(k *tpmdev.SigningKey) (crypto.Signer, error) {
+	s, err := d.Signer(k)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // tpmSlot is the open TPM and what the status API reads of it.

@@ -86,7 +86,8 @@ const CommitSpace = 16 << 10
 // flushed and removed. A full or read-only file system fails here rather
 // than after DPS has replaced the hub key.
 func (s Store) CheckWritable(size int) error {
-	for _, name := range []string{StateFile, IdentityFile, StagedIdentityFile} {
+	for _, name := range []string{StateFile, IdentityFile, StagedIdentityFile, CertificateFile, TLSKeyFile,
+		CertificateFile + StagedSuffix, TLSKeyFile + StagedSuffix} {
 		fi, err := os.Lstat(s.path(name))
 		if err == nil && !fi.Mode().IsRegular() {
 			return fmt.Errorf("%s is not a regular file (%s): move it away", s.path(name), fi.Mode().Type())

@@ -5,6 +5,9 @@
 //	identity.key      the hub credential: the SRK-wrapped HMAC key, opaque here
 //	identity.key.new  a credential staged during a registration, not yet in use
 //	owner.auth        the owner auth dpsd set, sealed under the SRK, opaque here
+//	identity.crt      [hub] auth = "x509": the issued chain, PEM, leaf first
+//	identity.tlskey   the certificate's SRK-wrapped TPM signing key, opaque here
+//	                  (both staged as .new and switched like identity.key)
 //
 // Every file is replaced whole and atomically: the bytes go to NAME.tmp,
 // which is fsynced, renamed over NAME, and the directory is fsynced so that
@@ -50,6 +53,11 @@ const (
 	IdentityFile       = "identity.key"
 	StagedIdentityFile = "identity.key.new"
 	OwnerAuthFile      = "owner.auth"
+	// CertificateFile and TLSKeyFile are the X.509 credential (Certificate).
+	CertificateFile = "identity.crt"
+	TLSKeyFile      = "identity.tlskey"
+	// StagedSuffix marks a file staged by a switch, not yet in use.
+	StagedSuffix = ".new"
 )
 
 // Format is the layout of state.json this package writes and reads. A file
@@ -110,6 +118,11 @@ type Record struct {
 	// record belongs to; written by the engine before CommitIdentity, read
 	// at start to finish or undo an identity switch a crash interrupted.
 	IdentityDigest string `json:"identityDigest,omitempty"`
+	// CertificateDigest names the X.509 credential (identity.tlskey and
+	// identity.crt) this record belongs to, as IdentityDigest names
+	// identity.key; empty with SAS. Written by the engine (its digest of
+	// a Certificate) before CommitCertificate.
+	CertificateDigest string `json:"certificateDigest,omitempty"`
 	// OwnerAuthSealed is true when dpsd had set the TPM's owner auth, and
 	// kept it sealed in owner.auth, at registration. Written by the
 	// engine; read by `dpsd check` to tell a deleted owner.auth from a

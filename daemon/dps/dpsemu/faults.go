@@ -39,6 +39,10 @@ type DPSFaults struct {
 	// answers; the hub holds the new key all the same, as DPS would have
 	// replaced it. It stays on until a PUT turns it off.
 	BadAssignedHub bool `json:"badAssignedHub"`
+	// WrongKeyChain issues every operational certificate for a fresh key
+	// of the emulator's instead of the CSR's (a chain a device must
+	// refuse). It stays on until a PUT turns it off.
+	WrongKeyChain bool `json:"wrongKeyChain"`
 	// OmitKeyName leaves keyName out of challenges (production DPS always
 	// sends "registration"; the expected skn stays "registration").
 	OmitKeyName bool `json:"omitKeyName"`
@@ -164,6 +168,12 @@ func (s *faultState) badAssignedHub() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cur.BadAssignedHub
+}
+
+func (s *faultState) wrongKeyChain() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.WrongKeyChain
 }
 
 func (s *faultState) omitKeyName() bool {

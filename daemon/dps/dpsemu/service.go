@@ -494,6 +494,15 @@ func (s *service) issueLocked(enr *Enrollment, csr *x509.CertificateRequest, now
 	if csr == nil || enr.CredentialPolicyName == "" || !ok {
 		return nil, nil
 	}
+	if s.faults.wrongKeyChain() {
+		other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, errorf(http.StatusInternalServerError, codeInternal, "%v", err)
+		}
+		c := *csr
+		c.PublicKey = &other.PublicKey
+		csr = &c
+	}
 	ders, err := s.issuer.issue(csr, policy.lifetime(), now)
 	if err != nil {
 		return nil, errorf(http.StatusInternalServerError, codeInternal, "%v", err)

@@ -9,11 +9,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/dpsd-project/dpsd/daemon/dps"
+	"github.com/dpsd-project/dpsd/daemon/dps/dpsemu"
 	"github.com/dpsd-project/dpsd/daemon/hub"
 	"github.com/dpsd-project/dpsd/daemon/x509cred"
 	"github.com/dpsd-project/dpsd/daemon/x509cred/x509credtest"
@@ -475,5 +477,20 @@ func TestRestartKeepsIssuer(t *testing.T) {
 	}
 	if code != connAccepted {
 		t.Errorf("CONNACK %d with a pre-restart certificate", code)
+	}
+}
+
+// TestWrongKeyChainFault: with wrongKeyChain the chain verifies to the
+// device root but certifies another key than the CSR's.
+func TestWrongKeyChainFault(t *testing.T) {
+	e := newX509Env(t, "90s")
+	d := newSoftDevice(t, 0)
+	e.enroll("x509-3", d, map[string]any{"credentialPolicyName": "short"})
+	e.emu.SetFaults(dpsemu.Faults{DPS: dpsemu.DPSFaults{WrongKeyChain: true}})
+	key := x509credtest.NewKey(t)
+	op := e.issued("x509-3", d, csrFor(t, key, "x509-3"))
+	chain := decodeChain(t, op.RegistrationState.IssuedCertificateChain)
+	if _, err := x509cred.VerifyChain(chain, "x509-3", &key.PublicKey, time.Now()); !errors.Is(err, x509cred.ErrWrongKey) {
+		t.Errorf("VerifyChain = %v, want ErrWrongKey", err)
 	}
 }
