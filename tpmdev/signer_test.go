@@ -410,15 +410,26 @@ func BenchmarkSigningKeySign(b *testing.B) {
 }
 
 // BenchmarkTLSHandshake is a handshake over loopback with the client
-// authenticated by a P-256 key in swtpm, and by a software key for the
-// difference the TPM makes, at TLS 1.2 and 1.3.
+// authenticated by a P-256 key in swtpm, in swtpm behind the discrete-TPM
+// latency model, and by a software key for the difference the TPM makes,
+// at TLS 1.2 and 1.3.
 func BenchmarkTLSHandshake(b *testing.B) {
 	dev, _ := tpmtest.Swtpm(b)
 	if _, err := dev.EnsureSRK(context.Background(), nil); err != nil {
 		b.Fatal(err)
 	}
+	info := tpmtest.StartSwtpm(b, "")
+	discrete, _, err := tpmtest.OpenWithLatency(info, 1, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { discrete.Close() })
+	if _, err := discrete.EnsureSRK(context.Background(), nil); err != nil {
+		b.Fatal(err)
+	}
 	f := newTLSFixture(b)
 	_, tpmSigner := newSigner(b, dev, tpmdev.KeyECCP256)
+	_, discreteSigner := newSigner(b, discrete, tpmdev.KeyECCP256)
 	soft, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		b.Fatal(err)
@@ -426,7 +437,7 @@ func BenchmarkTLSHandshake(b *testing.B) {
 	for _, c := range []struct {
 		name   string
 		signer crypto.Signer
-	}{{"tpm", tpmSigner}, {"software", soft}} {
+	}{{"tpm", tpmSigner}, {"discrete-model", discreteSigner}, {"software", soft}} {
 		der := f.issue(b, &x509.Certificate{
 			Subject:     pkix.Name{CommonName: "device"},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
