@@ -91,8 +91,9 @@ func (d *Device) pinEK(pub *tpm2.TPMTPublic, replace bool) error {
 
 // salt returns the key new sessions are salted to: the persistent EK,
 // read once per operation (a clear evicts it) and checked against the
-// pinned one (pinned now when none is); else, when no EK is persisted, the
-// standard SRK (checked, not pinned); nil when the TPM has neither.
+// pinned one (pinned now when none is); else, when no EK is persisted and
+// none was ever pinned, the standard SRK (checked, not pinned); nil when
+// the TPM has neither.
 func (d *Device) salt(t transport.TPM) (*saltKey, error) {
 	if d.ek != nil && d.ekSeen {
 		return d.ek, nil
@@ -114,6 +115,13 @@ func (d *Device) salt(t transport.TPM) (*saltKey, error) {
 	}
 	if !isNotFound(err) {
 		return nil, err
+	}
+	if d.ek != nil {
+		// An error answer carries no HMAC: an interposer can forge "no
+		// EK" for free, and then the SRK's public area too. Once an EK is
+		// pinned, no session is salted to anything else. A clear that
+		// really evicted it is repaired by EnsureEK, which pins the new one.
+		return nil, fmt.Errorf("the EK read before is not at %v any more (after a clear dpsd makes it again): %w", tpmhandle.EK, ErrBusTampered)
 	}
 	rsp, err = readPersistent(t, SRKHandle)
 	if isNotFound(err) {

@@ -178,6 +178,49 @@ func TestTamperedSaltKeyIsRefused(t *testing.T) {
 	}
 }
 
+// TestForgedMissingEKIsRefused: an error answer carries no HMAC, so an
+// interposer can say "no EK at 0x81010001" for free. Once an EK is pinned,
+// that must not send dpsd to salt its sessions to another key (the SRK,
+// whose public the interposer could forge as well) or to none.
+func TestForgedMissingEKIsRefused(t *testing.T) {
+	info := tpmtest.StartSwtpm(t, "")
+	setup, err := tpmdev.Open(info.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	provision(t, setup)
+	setup.Close()
+
+	bus := tpmtest.RecordBus(t, info)
+	dev, err := tpmdev.Open(bus.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.ReadEK(ctx); err != nil { // pins the EK
+		t.Fatal(err)
+	}
+	mark, markBytes := len(bus.Exchanges()), len(bus.Bytes())
+	// TPM_ST_NO_SESSIONS, size 10, TPM_RC_HANDLE | TPM_RC_1.
+	handleError := []byte{0x80, 0x01, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01, 0x8b}
+	bus.Tamper(func(cmd, rsp []byte) []byte {
+		if tpmtest.IsReadPublic(cmd, tpmdev.EKHandle) {
+			return handleError
+		}
+		return nil
+	})
+	if _, err := dev.Seal(ctx, []byte("secret")); !errors.Is(err, tpmdev.ErrBusTampered) {
+		t.Errorf("Seal with the pinned EK reported missing: %v, want ErrBusTampered", err)
+	}
+	if sent := bus.SecretCommandsSince(mark); len(sent) > 0 {
+		t.Errorf("sent %v after the forged answer, want none of the commands that carry a secret", sent)
+	}
+	if bytes.Contains(bus.Bytes()[markBytes:], []byte("secret")) {
+		t.Error("the secret crossed the bus")
+	}
+}
+
 // The session tokens reuse is kept across operations; when the TPM loses
 // it (a reset, a clear by another client that flushes sessions), the next
 // token starts another instead of failing.
