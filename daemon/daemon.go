@@ -202,7 +202,9 @@ func openTPM(cfg *config.Config, log *slog.Logger) (*tpmdev.Device, error) {
 	return dev, err
 }
 
-// afterReady does the TPM housekeeping that READY need not wait for.
+// afterReady does the TPM housekeeping that READY need not wait for. It
+// is not waited for: a daemon that stops closes the TPM, and a closed
+// Device runs nothing.
 // Without a resource manager it flushes what was left in the TPM (until
 // then a full TPM is flushed on demand). With apps allowed tokens it starts
 // their session: on a restart nothing else signs before the first app asks,
@@ -213,13 +215,13 @@ func afterReady(ctx context.Context, be *backend, cfg *config.Config, log *slog.
 	if dev == nil {
 		return
 	}
-	if err := dev.FlushLeftovers(ctx); err != nil && ctx.Err() == nil {
+	if err := dev.FlushLeftovers(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, tpmdev.ErrClosed) {
 		log.Warn("flushing what was left in the TPM failed; a full TPM is flushed when a command finds it full", "err", err)
 	}
 	if len(cfg.Token.Allow) == 0 || be.Engine.Status().State != apitype.PhaseProvisioned {
 		return
 	}
-	if err := dev.PrepareTokens(ctx); err != nil && ctx.Err() == nil {
+	if err := dev.PrepareTokens(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, tpmdev.ErrClosed) {
 		log.Warn("preparing the TPM for tokens failed; the first token will do it", "err", err)
 	}
 }

@@ -40,6 +40,8 @@ type Device struct {
 	// them first. Both are used only by the operation that owns the TPM.
 	sweep        sweep
 	pendingSweep string
+	// closed is set by Close: no operation runs after it.
+	closed bool
 	// Bus protection (bus.go), used inside operations only.
 	protect BusProtection
 	ek      *saltKey       // the EK sessions are salted to, once read
@@ -185,6 +187,7 @@ func newDevice(path string, c connector, log *slog.Logger) *Device {
 func (d *Device) Close() error {
 	d.owner <- struct{}{}
 	defer func() { <-d.owner }()
+	d.closed = true
 	d.closeKept()
 	if err := d.conn.close(); err != nil {
 		return fmt.Errorf("closing TPM %s: %w", d.path, err)
@@ -221,6 +224,11 @@ func (d *Device) do(ctx context.Context, op string, f func(t transport.TPM) erro
 	defer func() { <-d.owner }()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	// A socket TPM would be dialled again: whatever runs after Close (a
+	// goroutine of a daemon that is stopping) must leave nothing behind.
+	if d.closed {
+		return fmt.Errorf("%s: %w", op, ErrClosed)
 	}
 	start := time.Now()
 	t, end, err := d.conn.begin(ctx)

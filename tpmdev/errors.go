@@ -24,6 +24,8 @@ var (
 	// ErrKeyInvalidated: a wrapped key or sealed blob no longer loads
 	// because its parent (the SRK) is gone or changed: the TPM was cleared.
 	ErrKeyInvalidated = errors.New("key no longer loads (TPM cleared?)")
+	// ErrClosed: the Device was closed; it runs no more operations.
+	ErrClosed = errors.New("TPM device closed")
 	// ErrTPMFull: the TPM has no room for one more object or session,
 	// and nothing this Device may flush was left (see Transients).
 	ErrTPMFull = errors.New("no room in the TPM for another object or session")

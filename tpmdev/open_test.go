@@ -212,3 +212,22 @@ func TestUnsealRefusesForeignBlobs(t *testing.T) {
 	}
 	tpmtest.AssertNoTransientHandles(t, dev)
 }
+
+// After Close a Device runs nothing: a socket TPM is not dialled again,
+// so a goroutine that outlives the daemon's TPM leaves nothing loaded.
+func TestClosedDeviceRunsNothing(t *testing.T) {
+	info := tpmtest.StartSwtpm(t, "")
+	dev, err := tpmdev.Open(info.Spec(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.PrepareTokens(context.Background()); !errors.Is(err, tpmdev.ErrClosed) {
+		t.Errorf("PrepareTokens after Close: %v, want ErrClosed", err)
+	}
+	if n := dev.Stats().Total; n != 0 {
+		t.Errorf("%d TPM commands after Close, want 0", n)
+	}
+}
