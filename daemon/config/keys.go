@@ -173,9 +173,10 @@ var specs = map[string]spec{
 }
 
 // checkMerged checks what no single key can: it runs on the merged result.
-func checkMerged(c *Config, mainPath string, origins map[string]origin) []error {
+// Unless scoped, a missing ID scope is no error (see LoadUnscoped).
+func checkMerged(c *Config, mainPath string, origins map[string]origin, scoped bool) []error {
 	var errs []error
-	if c.Provisioning.IDScope == "" {
+	if scoped && c.Provisioning.IDScope == "" {
 		dropIn := filepath.Join(filepath.Dir(mainPath), DropInDir, "50-id-scope.toml")
 		errs = append(errs, &Error{File: mainPath, Key: "provisioning.id_scope",
 			Msg: "required: set it in a drop-in, e.g. " + dropIn +

@@ -210,13 +210,7 @@ func build(mainPath string, sources []source, scoped bool) (*Config, error) {
 		errs = append(errs, apply(c, src, origins)...)
 	}
 	if len(errs) == 0 {
-		errs = checkMerged(c, mainPath, origins)
-	}
-	if !scoped {
-		errs = slices.DeleteFunc(errs, func(err error) bool {
-			var e *Error
-			return errors.As(err, &e) && e.Key == "provisioning.id_scope" && c.Provisioning.IDScope == ""
-		})
+		errs = checkMerged(c, mainPath, origins, scoped)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
