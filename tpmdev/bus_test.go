@@ -134,20 +134,25 @@ func passwordsOnBus(bus *tpmtest.BusRecorder) int {
 	return n
 }
 
-// TestTamperedSaltKeyIsRefused: an interposer that rewrites the EK's
-// public area in ReadPublic's answer (to a key of its own) is caught
-// before any secret is sent: the area no longer hashes to the Name.
-func TestTamperedSaltKeyIsRefused(t *testing.T) {
+// provisionedOnBus is an swtpm with its EK and SRK, behind a bus recorder.
+func provisionedOnBus(t *testing.T) *tpmtest.BusRecorder {
+	t.Helper()
 	info := tpmtest.StartSwtpm(t, "")
 	setup, err := tpmdev.Open(info.Spec(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	provision(t, setup)
 	setup.Close()
+	return tpmtest.RecordBus(t, info)
+}
 
-	bus := tpmtest.RecordBus(t, info)
+// TestTamperedSaltKeyIsRefused: an interposer that rewrites the EK's
+// public area in ReadPublic's answer (to a key of its own) is caught
+// before any secret is sent: the area no longer hashes to the Name.
+func TestTamperedSaltKeyIsRefused(t *testing.T) {
+	ctx := context.Background()
+	bus := provisionedOnBus(t)
 	bus.Tamper(func(cmd, rsp []byte) []byte {
 		if !tpmtest.IsReadPublic(cmd, tpmdev.EKHandle) || len(rsp) < 300 {
 			return nil
@@ -183,16 +188,8 @@ func TestTamperedSaltKeyIsRefused(t *testing.T) {
 // that must not send dpsd to salt its sessions to another key (the SRK,
 // whose public the interposer could forge as well) or to none.
 func TestForgedMissingEKIsRefused(t *testing.T) {
-	info := tpmtest.StartSwtpm(t, "")
-	setup, err := tpmdev.Open(info.Spec(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	provision(t, setup)
-	setup.Close()
-
-	bus := tpmtest.RecordBus(t, info)
+	bus := provisionedOnBus(t)
 	dev, err := tpmdev.Open(bus.Spec(), nil)
 	if err != nil {
 		t.Fatal(err)
