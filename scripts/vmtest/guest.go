@@ -339,7 +339,11 @@ func (g *guest) warmBoot() (string, error) {
 	if n != 0 {
 		problems = append(problems, fmt.Sprintf("%d DPS requests", n))
 	}
-	if c := g.hubConnections(); c != 0 {
+	c, err := hubConnections()
+	if err != nil {
+		return "", err
+	}
+	if c != 0 {
 		problems = append(problems, fmt.Sprintf("%d hub connections", c))
 	}
 	before, err := loadJSON[map[string]string]("files.json")
@@ -558,13 +562,6 @@ func (g *guest) mainPID() int {
 	return pid
 }
 
-// hubConnections counts the MQTT connections dpsemu's hub saw this boot,
-// accepted or refused, from its log.
-func (g *guest) hubConnections() int {
-	out, _, _ := g.cmd("journalctl", "-b", "-o", "cat", "-u", "vmtest-dpsemu.service")
-	return strings.Count(out, "device connected") + strings.Count(out, "CONNECT refused")
-}
-
 // journal is the end of a unit's log this boot, for a failure's detail.
 func (g *guest) journal(unit string) string {
 	out, _, _ := g.cmd("journalctl", "-b", "-o", "cat", "-n", "15", "-u", unit)
@@ -578,13 +575,21 @@ func (g *guest) until(timeout time.Duration, ok func() bool) error {
 	return poll(ctx, ok)
 }
 
-// dpsRequests is the number of DPS requests dpsemu answered since it started.
-func dpsRequests() (int, error) {
+// dpsRequests is the number of DPS requests dpsemu answered since it
+// started (this boot).
+func dpsRequests() (int, error) { return emuStat("total") }
+
+// hubConnections is the number of MQTT CONNECTs, accepted or refused,
+// dpsemu's hub saw since it started (this boot).
+func hubConnections() (int, error) { return emuStat("hub_connect") }
+
+// emuStat is one counter of dpsemu's GET /stats.
+func emuStat(name string) (int, error) {
 	var stats map[string]int
 	if err := adminDo(http.MethodGet, "/stats", nil, &stats); err != nil {
 		return 0, err
 	}
-	return stats["total"], nil
+	return stats[name], nil
 }
 
 func adminDo(method, path string, body []byte, into any) error {
