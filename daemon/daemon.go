@@ -94,7 +94,12 @@ func Run(ctx context.Context, configPath string, log *slog.Logger) error {
 			notify.Stopping()
 			log.Info("dpsd stopping")
 		},
-		func(ctx context.Context) error { return srv.Serve(ctx, ln) },
+		func(ctx context.Context) error {
+			if err := srv.Serve(ctx, ln); err != nil {
+				return fmt.Errorf("serving the status socket: %w", err)
+			}
+			return nil
+		},
 		engine.Run,
 		func(ctx context.Context) error {
 			notify.Watchdog(ctx, engine.Healthy)
